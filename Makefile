@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 train: setup
-	$(BIN)/lenet5 train --out $(RUN_DIR)
+	$(BIN)/lenet5 train --out $(RUN_DIR) --overwrite
 	$(BIN)/lenet5 evaluate $(RUN_DIR)
 
 lint: setup

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
-from lenet5 import __version__, data
+from lenet5 import __version__, data, runs
 
 
 class UsageError(Exception):
@@ -27,7 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
-    except (data.DataError, UsageError, ValueError) as exc:
+    except (data.DataError, runs.RunDirError, UsageError, ValueError, RuntimeError, OSError) as exc:
+        # RuntimeError covers NonFiniteLossError and RunDirError's relatives; torch's own
+        # errors also land here and are reported as one line.
         print(f"lenet5: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -45,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_data_commands(commands)
     _add_summary_command(commands)
+    _add_train_command(commands)
+    _add_evaluate_command(commands)
+    _add_distortions_command(commands)
     return parser
 
 
@@ -189,6 +195,272 @@ def _summary(args) -> int:
     else:
         print(f"{args.arch}:")
         print(format_table(result))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# lenet5 train
+
+
+def _add_train_command(commands) -> None:
+    from lenet5 import recipes
+
+    train = commands.add_parser(
+        "train",
+        help="train a network into a run directory",
+        description="Train from a named recipe; every option given overrides that one field. "
+        f"Recipes: {', '.join(recipes.RECIPES)} (default {recipes.DEFAULT_RECIPE}).",
+    )
+    train.add_argument("--recipe", default=recipes.DEFAULT_RECIPE, choices=list(recipes.RECIPES))
+    train.add_argument(
+        "--out", default="runs/latest", metavar="RUN_DIR", help="default: %(default)s"
+    )
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    _add_dataset_options(train)
+    train.set_defaults(dataset=None)
+    train.add_argument("--arch", choices=["classic", "twin", "modern"])
+    train.add_argument("--geometry", choices=list(data.GEOMETRIES), help="28x28 to 32x32 by")
+    train.add_argument("--values", choices=list(data.VALUE_MAPS), help="pixel value mapping")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--optimizer", choices=["adam", "sgd", "sdlm"])
+    train.add_argument("--lr", type=float, help="learning rate (SDLM: the global eta)")
+    train.add_argument("--momentum", type=float)
+    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--schedule", choices=["constant", "step", "cosine", "onecycle", "paper"])
+    train.add_argument("--loss", choices=["cross_entropy", "plain", "map"])
+    train.add_argument("--map-j", type=float, help="the MAP criterion's constant j")
+    train.add_argument("--label-smoothing", type=float)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    train.add_argument(
+        "--distort",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random affine distortions of every training sample (section III-C)",
+    )
+    train.add_argument("--limit-train", type=int, metavar="N", help="use the first N images")
+    train.add_argument(
+        "--viz",
+        choices=["tensorboard", "visdom", "both", "none"],
+        default="tensorboard",
+        help="live loss view (default: tensorboard, in RUN_DIR/tensorboard)",
+    )
+    train.add_argument("--visdom-server", default="http://localhost")
+    train.add_argument("--visdom-port", type=int, default=8097)
+    train.set_defaults(run=_train)
+
+
+# TrainConfig fields that a flag of the same name (dashes for underscores) overrides.
+_TRAIN_FLAGS = (
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "loss",
+    "map_j",
+    "label_smoothing",
+    "seed",
+    "device",
+)
+
+
+def _train_spec(args):
+    """The run's spec: the recipe, or the run being resumed, with the flags given on top."""
+    from dataclasses import replace
+
+    from lenet5 import experiment, recipes, runs
+    from lenet5.distort import DistortConfig
+
+    if args.resume:
+        spec = experiment.RunSpec.from_dict(runs.read_config(args.out))
+        fixed = [
+            f for f in ("arch", "geometry", "values", "dataset", "limit_train") if getattr(args, f)
+        ]
+        if fixed:
+            raise UsageError(f"--resume continues the run as configured; drop --{fixed[0]}")
+        recipe_input, arch, dataset = spec.input, spec.arch, spec.dataset
+        train_config, distortion = spec.train, spec.distort
+    else:
+        recipe = recipes.get(args.recipe)
+        arch, dataset = args.arch or recipe.arch, args.dataset or "mnist"
+        recipe_input = data.InputSpec.for_dataset(
+            dataset, args.geometry or recipe.geometry, args.values or recipe.values
+        )
+        train_config, distortion = recipe.train, recipe.distort
+    overrides = {f: getattr(args, f) for f in _TRAIN_FLAGS if getattr(args, f) is not None}
+    train_config = replace(train_config, **overrides)
+    if args.distort is not None:
+        distortion = (distortion or DistortConfig()) if args.distort else None
+    limit = args.limit_train if not args.resume else spec.limit_train
+    return experiment.RunSpec(arch, dataset, recipe_input, train_config, distortion, limit)
+
+
+def _train(args) -> int:
+    from lenet5 import experiment, monitor, runs
+    from lenet5.train import NonFiniteLossError
+
+    spec = _train_spec(args)
+    if spec.train.optimizer == "sdlm" and spec.arch != "classic":
+        raise UsageError("--optimizer sdlm needs --arch classic (the paper's layers)")
+    if (
+        not args.resume
+        and not args.overwrite
+        and os.path.exists(os.path.join(args.out, runs.CONFIG))
+    ):
+        raise UsageError(
+            f"{args.out} already holds a run: add --resume or --overwrite, or change --out"
+        )
+    print(
+        f"lenet5 train: {spec.arch} on {spec.dataset} ({spec.input.geometry}, "
+        f"{spec.input.values}), {spec.train.optimizer} lr {spec.train.lr:g}, batch "
+        f"{spec.train.batch_size}, {spec.train.epochs} epochs"
+        + (", distortions" if spec.distort else "")
+        + f" -> {args.out}",
+        file=sys.stderr,
+    )
+    progress = _DownloadProgress()
+    try:
+        loaded = experiment.load_data(spec, args.data_dir, on_progress=progress.update)
+    finally:
+        progress.close()
+    # disable=None: live bars on a terminal, only the per-epoch lines in a log file.
+    callbacks = [monitor.ProgressBar(disable=None), runs.MetricsLog(args.out)]
+    if args.viz in ("tensorboard", "both"):
+        callbacks.append(monitor.TensorBoard(runs.tensorboard_dir(args.out)))
+    if args.viz in ("visdom", "both"):
+        callbacks.append(monitor.Visdom(args.visdom_server, args.visdom_port))
+    try:
+        result = experiment.train_run(
+            spec,
+            args.out,
+            loaded,
+            callbacks=callbacks,
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
+    except NonFiniteLossError as exc:
+        print(f"lenet5: error: {exc}", file=sys.stderr)
+        return 1
+    ev = result.evaluation
+    print(
+        f"test accuracy {100 * ev.accuracy:.2f}% ({ev.errors} errors of {ev.count}), "
+        f"test loss {ev.loss:.4f}, {result.wall_seconds:.1f} s; run in {args.out}"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# lenet5 evaluate
+
+
+def _add_evaluate_command(commands) -> None:
+    evaluate = commands.add_parser(
+        "evaluate", help="test metrics, confusion matrix and error gallery of a run"
+    )
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--data-dir", help="where the run's dataset is (default as for data)")
+    evaluate.add_argument("--out", help="where to write the PNGs (default: RUN_DIR)")
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.set_defaults(run=_evaluate)
+
+
+def _evaluate(args) -> int:
+    from lenet5 import experiment, plots
+
+    result = experiment.evaluate_run(args.run_dir, args.data_dir)
+    ev, spec = result.evaluation, result.spec
+    out = args.out or args.run_dir
+    os.makedirs(out, exist_ok=True)
+    confusion_png = plots.plot_confusion(ev.confusion, os.path.join(out, "confusion.png"))
+    errors_png = plots.plot_misclassified(
+        result.test_images,
+        result.test_labels,
+        ev.predictions,
+        ev.misclassified,
+        os.path.join(out, "errors.png"),
+    )
+    report = {
+        "run_dir": str(args.run_dir),
+        "arch": spec.arch,
+        "dataset": spec.dataset,
+        "test_accuracy": ev.accuracy,
+        "test_error_rate": 1 - ev.accuracy,
+        "test_loss": ev.loss,
+        "loss": spec.train.loss,
+        "errors": ev.errors,
+        "count": ev.count,
+        "per_class_accuracy": list(ev.per_class_accuracy),
+        "confusion": ev.confusion.tolist(),
+        "confusion_png": str(confusion_png),
+        "errors_png": str(errors_png),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{spec.arch} on {spec.dataset} test set ({ev.count:,} images), run {args.run_dir}")
+    print(
+        f"accuracy {100 * ev.accuracy:.2f}%  errors {ev.errors}  "
+        f"mean {spec.train.loss} loss {ev.loss:.4f}"
+    )
+    print("per-class accuracy:")
+    for digit, accuracy in enumerate(ev.per_class_accuracy):
+        print(f"  {digit}: {100 * accuracy:6.2f}%")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    classes = len(ev.confusion)
+    print("      " + "".join(f"{c:>6}" for c in range(classes)))
+    for true_class, row in enumerate(ev.confusion.tolist()):
+        print(f"  {true_class:>2}  " + "".join(f"{count:>6}" for count in row))
+    print(f"wrote {confusion_png} and {errors_png}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# lenet5 distortions
+
+
+def _add_distortions_command(commands) -> None:
+    picture = commands.add_parser(
+        "distortions", help="a PNG grid of training digits beside random distorted copies"
+    )
+    _add_dataset_options(picture)
+    picture.add_argument("--out", default="distortions.png", help="default: %(default)s")
+    picture.add_argument("--count", type=int, default=8, help="digits (rows)")
+    picture.add_argument("--copies", type=int, default=8, help="distorted copies per digit")
+    picture.add_argument("--seed", type=int, default=0)
+    for name, default in _distort_ranges().items():
+        picture.add_argument(f"--{name}", type=float, default=default, help="range: +-value")
+    picture.set_defaults(run=_distortions)
+
+
+def _distort_ranges() -> dict:
+    from dataclasses import asdict
+
+    from lenet5.distort import DistortConfig
+
+    return asdict(DistortConfig())
+
+
+def _distortions(args) -> int:
+    import torch
+
+    from lenet5 import plots
+    from lenet5.distort import DistortConfig, distort
+
+    if args.count < 1 or args.copies < 1:
+        raise UsageError("--count and --copies must be at least 1")
+    config = DistortConfig(**{name: getattr(args, name) for name in _distort_ranges()})
+    split = data.load_split(args.dataset, "train", args.data_dir)
+    originals = data.prepare(split.images[: args.count], data.InputSpec(geometry="pad"))
+    generator = torch.Generator().manual_seed(args.seed)
+    repeated = originals.repeat_interleave(args.copies, dim=0)  # count*copies x 32 x 32
+    copies = distort(repeated, config, generator).view(args.count, args.copies, 32, 32)
+    path = plots.plot_distortions(originals, copies, args.out)
+    print(f"wrote {path} ({args.count} digits x {args.copies} copies; {config})")
     return 0
 
 

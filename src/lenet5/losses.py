@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 Loss = Callable[[Tensor, Tensor], Tensor]
@@ -30,10 +29,6 @@ Loss = Callable[[Tensor, Tensor], Tensor]
 # units above the correct one; the F6 outputs, bounded by 1.7159, could not push them much
 # further anyway. `map_loss(j=...)` and `--map-j` change it.
 MAP_J = 0.1
-
-
-def cross_entropy(scores: Tensor, labels: Tensor) -> Tensor:
-    return F.cross_entropy(scores, labels, reduction="none")  # B
 
 
 def plain(scores: Tensor, labels: Tensor) -> Tensor:
@@ -59,10 +54,3 @@ def map_probabilities(scores: Tensor, j: float = MAP_J) -> Tensor:
     They sum to less than one; the rest is the probability of "none of these"."""
     none_of_these = scores.new_full((scores.shape[0], 1), -j)
     return torch.softmax(torch.cat([scores, none_of_these], dim=1), dim=1)[:, :-1]
-
-
-LOSSES: dict[str, Loss] = {
-    "cross_entropy": cross_entropy,
-    "plain": plain,
-    "map": map_loss(MAP_J),
-}
