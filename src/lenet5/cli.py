@@ -242,6 +242,9 @@ def _add_train_command(commands) -> None:
     )
     train.add_argument("--limit-train", type=int, metavar="N", help="use the first N images")
     train.add_argument(
+        "--init", choices=["paper", "sqrt"], help="classic only: +-2.4/F (paper) or +-2.4/sqrt(F)"
+    )
+    train.add_argument(
         "--viz",
         choices=["tensorboard", "visdom", "both", "none"],
         default="tensorboard",
@@ -284,7 +287,7 @@ def _train_spec(args):
         if fixed:
             raise UsageError(f"--resume continues the run as configured; drop --{fixed[0]}")
         recipe_input, arch, dataset = spec.input, spec.arch, spec.dataset
-        train_config, distortion = spec.train, spec.distort
+        train_config, distortion, options = spec.train, spec.distort, spec.model_options
     else:
         recipe = recipes.get(args.recipe)
         arch, dataset = args.arch or recipe.arch, args.dataset or "mnist"
@@ -292,12 +295,15 @@ def _train_spec(args):
             dataset, args.geometry or recipe.geometry, args.values or recipe.values
         )
         train_config, distortion = recipe.train, recipe.distort
+        options = dict(recipe.model_options) if arch == recipe.arch else {}
+        if args.init:
+            options["init"] = args.init
     overrides = {f: getattr(args, f) for f in _TRAIN_FLAGS if getattr(args, f) is not None}
     train_config = replace(train_config, **overrides)
     if args.distort is not None:
         distortion = (distortion or DistortConfig()) if args.distort else None
     limit = args.limit_train if not args.resume else spec.limit_train
-    return experiment.RunSpec(arch, dataset, recipe_input, train_config, distortion, limit)
+    return experiment.RunSpec(arch, dataset, recipe_input, train_config, distortion, limit, options)
 
 
 def _train(args) -> int:

@@ -12,7 +12,7 @@ import functools
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import Tensor, nn
@@ -33,10 +33,10 @@ class RunSpec:
     train: TrainConfig
     distort: DistortConfig | None = None
     limit_train: int | None = None  # train on the first N training images only
+    model_options: dict = field(default_factory=dict)  # constructor options, e.g. init
 
     def __post_init__(self) -> None:
-        if self.arch not in models.ARCHITECTURES:
-            models.build(self.arch)  # raises the clear "unknown architecture" error
+        models.build(self.arch, **self.model_options)  # unknown names or options: clear errors
         data.dataset_info(self.dataset)
         if self.limit_train is not None and self.limit_train < 1:
             raise ValueError("limit_train must be at least 1")
@@ -49,6 +49,7 @@ class RunSpec:
             "train": asdict(self.train),
             "distort": None if self.distort is None else asdict(self.distort),
             "limit_train": self.limit_train,
+            "model_options": dict(self.model_options),
             "lenet5_version": __version__,
         }
 
@@ -64,6 +65,7 @@ class RunSpec:
                 if config.get("distort") is None
                 else DistortConfig(**config["distort"]),
                 limit_train=config.get("limit_train"),
+                model_options=config.get("model_options") or {},
             )
         except (KeyError, TypeError) as exc:
             raise runs.RunDirError(f"config.json does not describe a lenet5 run ({exc})") from exc
@@ -109,7 +111,7 @@ def load_data(spec: RunSpec, data_dir: str | os.PathLike | None = None, on_progr
 
 def build_model(spec: RunSpec) -> nn.Module:
     torch.manual_seed(spec.train.seed)  # the initial weights follow the seed too
-    return models.build(spec.arch)
+    return models.build(spec.arch, **spec.model_options)
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,7 @@ def _plot_curves(history, run_dir) -> None:
 def load_run(run_dir: str | os.PathLike) -> tuple[RunSpec, nn.Module]:
     """The spec and trained model of a run directory (weights loaded, eval mode)."""
     spec = RunSpec.from_dict(runs.read_config(run_dir))
-    model = runs.load_weights(run_dir, models.build(spec.arch))
+    model = runs.load_weights(run_dir, models.build(spec.arch, **spec.model_options))
     return spec, model.eval()
 
 

@@ -11,6 +11,8 @@ command line overrides that one field.
   padding, the [-0.1, 1.175] mapping, the MAP criterion, stochastic diagonal
   Levenberg-Marquardt with one update per sample, eta by pass as in the paper, 20 passes.
 - lecun98-distort: the same with random affine distortions of every sample (section III-C).
+- lecun98-sqrtinit, lecun98-distort-sqrtinit: the same with one labelled deviation, the
+  initial weights' bound read as 2.4/sqrt(F) instead of the printed 2.4/F (see the README).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Recipe:
     values: str  # lenet5.data.InputSpec.values
     train: TrainConfig = field(default_factory=TrainConfig)
     distort: DistortConfig | None = None
+    model_options: dict = field(default_factory=dict)
 
 
 LECUN98 = Recipe(
@@ -60,6 +63,11 @@ RECIPES: dict[str, Recipe] = {
     ),
     "lecun98": LECUN98,
     "lecun98-distort": replace(LECUN98, distort=DistortConfig()),
+    # Labelled deviation: Appendix A's bound read as 2.4/sqrt(F) (see models/layers.py).
+    "lecun98-sqrtinit": replace(LECUN98, model_options={"init": "sqrt"}),
+    "lecun98-distort-sqrtinit": replace(
+        LECUN98, distort=DistortConfig(), model_options={"init": "sqrt"}
+    ),
 }
 DEFAULT_RECIPE = "fast"
 

@@ -20,12 +20,16 @@ __all__ = ["ARCHITECTURES", "LAYER_NAMES", "Classic", "Modern", "Twin", "activat
 ARCHITECTURES: dict[str, type[nn.Module]] = {"classic": Classic, "twin": Twin, "modern": Modern}
 
 
-def build(name: str) -> nn.Module:
-    """A freshly initialised network of the named architecture (see ARCHITECTURES)."""
+def build(name: str, **options) -> nn.Module:
+    """A freshly initialised network of the named architecture (see ARCHITECTURES); options
+    go to its constructor (e.g. classic's init="sqrt")."""
     if name not in ARCHITECTURES:
         valid = ", ".join(sorted(ARCHITECTURES))
         raise ValueError(f"unknown architecture {name!r}; valid names: {valid}")
-    return ARCHITECTURES[name]()
+    try:
+        return ARCHITECTURES[name](**options)
+    except TypeError as exc:
+        raise ValueError(f"{name} does not take the options {sorted(options)} ({exc})") from exc
 
 
 def activations(model: nn.Module, x: Tensor) -> dict[str, Tensor]:

@@ -88,7 +88,9 @@ def digit_prototypes() -> Tensor:
 class Classic(Staged):
     """LeNet-5 exactly as in the 1998 paper (section II-B; Appendix A for f and the init)."""
 
-    def __init__(self) -> None:
+    def __init__(self, init: str = "paper") -> None:
+        """`init`: "paper" for Appendix A as printed (+-2.4/F), "sqrt" for +-2.4/sqrt(F)
+        (a labelled deviation; see layers.INIT_RULES for why it exists)."""
         super().__init__()
         k = 5  # every convolution in LeNet-5 is 5x5
         c3_maps, c1_maps = len(C3_TABLE), len(C3_TABLE[0])
@@ -124,7 +126,9 @@ class Classic(Staged):
         self.output = EuclideanRBF(digit_prototypes())  # N x 10
 
         for conv_or_linear in (self.c1.conv, self.c5.conv, self.f6.linear):
-            init_paper_(conv_or_linear)
+            init_paper_(conv_or_linear, init)
+        for layer in (self.s2.subsample, self.c3.conv, self.s4.subsample):
+            layer.reset_parameters(init)
 
     def penalties(self, x: Tensor) -> Tensor:
         """The ten RBF penalties y_i (eq. 7), N x 10, all >= 0; the smallest one predicts."""

@@ -19,6 +19,21 @@ LAYER_NAMES = ("c1", "s2", "c3", "s4", "c5", "f6", "output")
 
 # Appendix A: weights start uniform in [-2.4 / F, 2.4 / F], F the fan-in of the weight's unit.
 INIT_SCALE = 2.4
+# How F enters the bound. "paper" is Appendix A as printed, 2.4 / F. "sqrt" is 2.4 / sqrt(F),
+# which is what the appendix's own rationale asks for ("the initial standard deviation of the
+# weighted sums in the same range for each unit"): with 2.4 / F that deviation shrinks as
+# 1 / sqrt(F) and the signal fades by ~10x per layer; with 2.4 / sqrt(F) it is the same
+# (~1.4x the input's) for every unit. See the README's reproduction notes.
+INIT_RULES = ("paper", "sqrt")
+
+
+def init_bound(fan_in: Tensor | int, rule: str = "paper") -> Tensor | float:
+    """The half-width of the uniform initialisation for units of fan-in F."""
+    if rule == "paper":
+        return INIT_SCALE / fan_in
+    if rule == "sqrt":
+        return INIT_SCALE / fan_in**0.5
+    raise ValueError(f"unknown initialisation rule {rule!r}; one of {INIT_RULES}")
 
 
 class Staged(nn.Module):
@@ -41,24 +56,24 @@ class Staged(nn.Module):
         return dict(self.forward_stages(x))["output"]
 
 
-def uniform_fan_in_(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
-    """Appendix A's initialisation, in place: uniform in +-2.4 / fan_in.
+def uniform_fan_in_(weight: Tensor, bias: Tensor | None, fan_in: int, rule: str = "paper") -> None:
+    """Appendix A's initialisation, in place: uniform in +-2.4 / fan_in (see INIT_RULES).
 
     fan_in counts the unit's inputs, not its bias: that is how the paper arrives at C3 fan-ins
     of 75, 100 and 150 (3, 4 or 6 maps times 25). The bias is a weight like the others in the
     paper's formalism (a connection from a unit fixed at +1), so it is drawn from the same range.
     """
-    bound = INIT_SCALE / fan_in
+    bound = init_bound(fan_in, rule)
     with torch.no_grad():
         weight.uniform_(-bound, bound)
         if bias is not None:
             bias.uniform_(-bound, bound)
 
 
-def init_paper_(module: nn.Conv2d | nn.Linear) -> None:
+def init_paper_(module: nn.Conv2d | nn.Linear, rule: str = "paper") -> None:
     """Re-initialise a standard convolution or linear layer as Appendix A prescribes."""
     fan_in = module.weight[0].numel()  # in_channels * k * k, or in_features
-    uniform_fan_in_(module.weight, module.bias, fan_in)
+    uniform_fan_in_(module.weight, module.bias, fan_in, rule)
 
 
 class Squash(nn.Module):
@@ -95,9 +110,9 @@ class Subsampling(nn.Module):
         self.bias = nn.Parameter(torch.empty(channels))
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, rule: str = "paper") -> None:
         # Each unit sees k * k inputs, all through the one shared coefficient.
-        uniform_fan_in_(self.weight, self.bias, self.kernel_size * self.kernel_size)
+        uniform_fan_in_(self.weight, self.bias, self.kernel_size * self.kernel_size, rule)
 
     def forward(self, x: Tensor) -> Tensor:
         k = self.kernel_size
@@ -143,14 +158,14 @@ class MaskedConv2d(nn.Module):
         """Inputs per unit of each output map, excluding the bias (75, 100 or 150 for C3)."""
         return self.table.sum(dim=1) * self.kernel_size * self.kernel_size  # out
 
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, rule: str = "paper") -> None:
         owner = self.table.nonzero()[:, 0]  # connections: the output map each kernel feeds
-        fan_in = self.fan_in().to(self.weight.dtype)
+        bound = init_bound(self.fan_in().to(self.weight.dtype), rule)  # out
         with torch.no_grad():
             # Per output map, uniform in +-2.4 / F with that map's own F (Appendix A).
             unit = torch.rand_like(self.weight) * 2 - 1
-            self.weight.copy_(unit * (INIT_SCALE / fan_in[owner]).view(-1, 1, 1))
-            self.bias.copy_((torch.rand_like(self.bias) * 2 - 1) * INIT_SCALE / fan_in)
+            self.weight.copy_(unit * bound[owner].view(-1, 1, 1))
+            self.bias.copy_((torch.rand_like(self.bias) * 2 - 1) * bound)
 
     def dense_weight(self) -> Tensor:
         """The full (out, in, k, k) kernel bank, zero wherever the table has no connection."""
