@@ -448,6 +448,7 @@ def _download_file(
             if digest != info.sha256[name]:
                 raise DataError(f"checksum mismatch: content SHA-256 {digest}")
             final = root / f"{name}.gz"
+            tmp.chmod(0o644)  # mkstemp's 0600 would hide a shared cache from other users
             os.replace(tmp, final)
             raw = root / name  # a stale raw copy would shadow the verified .gz
             if raw.exists() and sha256_hex(read_payload(raw)) != info.sha256[name]:
