@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from lenet5 import __version__, data, runs
+from lenet5 import __version__, data, export, predict, runs
 
 
 class UsageError(Exception):
@@ -28,7 +28,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
-    except (data.DataError, runs.RunDirError, UsageError, ValueError, RuntimeError, OSError) as exc:
+    except (
+        data.DataError,
+        runs.RunDirError,
+        export.ExportError,
+        export.ModelFileError,
+        predict.PredictError,
+        UsageError,
+        ValueError,
+        RuntimeError,
+        OSError,
+    ) as exc:
         # RuntimeError covers NonFiniteLossError and RunDirError's relatives; torch's own
         # errors also land here and are reported as one line.
         print(f"lenet5: error: {exc}", file=sys.stderr)
@@ -51,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_command(commands)
     _add_evaluate_command(commands)
     _add_distortions_command(commands)
+    _add_export_command(commands)
+    _add_predict_command(commands)
     return parser
 
 
@@ -308,7 +320,6 @@ def _train_spec(args):
 
 def _train(args) -> int:
     from lenet5 import experiment, monitor, runs
-    from lenet5.train import NonFiniteLossError
 
     spec = _train_spec(args)
     if spec.train.optimizer == "sdlm" and spec.arch != "classic":
@@ -340,18 +351,11 @@ def _train(args) -> int:
         callbacks.append(monitor.TensorBoard(runs.tensorboard_dir(args.out)))
     if args.viz in ("visdom", "both"):
         callbacks.append(monitor.Visdom(args.visdom_server, args.visdom_port))
-    try:
-        result = experiment.train_run(
-            spec,
-            args.out,
-            loaded,
-            callbacks=callbacks,
-            resume=args.resume,
-            overwrite=args.overwrite,
-        )
-    except NonFiniteLossError as exc:
-        print(f"lenet5: error: {exc}", file=sys.stderr)
-        return 1
+    # A NonFiniteLossError (a RuntimeError) ends in main() as one line; the checkpoint of the
+    # last good epoch stays in the run directory.
+    result = experiment.train_run(
+        spec, args.out, loaded, callbacks=callbacks, resume=args.resume, overwrite=args.overwrite
+    )
     ev = result.evaluation
     print(
         f"test accuracy {100 * ev.accuracy:.2f}% ({ev.errors} errors of {ev.count}), "
@@ -468,6 +472,168 @@ def _distortions(args) -> int:
     path = plots.plot_distortions(originals, copies, args.out)
     print(f"wrote {path} ({args.count} digits x {args.copies} copies; {config})")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# lenet5 export
+
+
+def _add_export_command(commands) -> None:
+    command = commands.add_parser(
+        "export",
+        help="export a run to ONNX, checked against ONNX Runtime on the test set",
+        description="Export RUN_DIR's network to one ONNX file (dynamic batch, metadata), then "
+        "run the whole test split through ONNX Runtime and PyTorch: every prediction must "
+        f"agree and every score differ by less than {export.PARITY_TOLERANCE:g}, or nothing "
+        "is written.",
+    )
+    command.add_argument("run_dir", metavar="RUN_DIR")
+    command.add_argument(
+        "--out", metavar="FILE.onnx", help=f"default: RUN_DIR/{export.DEFAULT_FILE}"
+    )
+    command.add_argument(
+        "--opset", type=int, default=export.DEFAULT_OPSET, help="ONNX opset (default: %(default)s)"
+    )
+    command.add_argument("--data-dir", help="where the run's dataset is (default as for data)")
+    command.set_defaults(run=_export)
+
+
+def _export(args) -> int:
+    try:
+        result = export.export_run(args.run_dir, args.out, opset=args.opset, data_dir=args.data_dir)
+    except export.ParityError as exc:
+        _print_parity(exc.parity)
+        raise
+    _print_parity(result.parity)
+    info = result.info
+    size = result.path.stat().st_size
+    print(
+        f"wrote {result.path} ({info.arch} on {info.dataset}, opset {result.opset}, "
+        f"{size / 1024:.0f} KiB)"
+    )
+    return 0
+
+
+def _print_parity(parity) -> None:
+    verdict = "ok" if parity.ok else "FAILED"
+    print(
+        f"parity with PyTorch on {parity.n:,} test images: {verdict}: predictions agree on "
+        f"{parity.agree:,}/{parity.n:,}, max |score difference| {parity.max_abs_diff:.2e} "
+        f"(tolerance {parity.tolerance:g}); ONNX Runtime accuracy "
+        f"{100 * parity.onnx_accuracy:.2f}%"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# lenet5 predict
+
+
+def _add_predict_command(commands) -> None:
+    command = commands.add_parser(
+        "predict",
+        help="classify image files (PNG, JPEG, BMP, GIF) with a run or an exported model",
+        description="Each image is normalised as MNIST was made (dark-on-light inverted, the "
+        "digit fitted to 20x20 and centred by centre of mass in 28x28), then mapped as the "
+        "network was trained. Probabilities: softmax of the scores; for a classic network "
+        "trained by the paper's criteria (--loss map or plain), the paper's MAP criterion "
+        "(eq. 9) with the run's j, which leaves some to 'none of these'.",
+    )
+    command.add_argument(
+        "--model", required=True, metavar="RUN_DIR|FILE.onnx", help="a run or an exported model"
+    )
+    command.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="an image file, a folder of them (not recursive), or - for standard input",
+    )
+    command.add_argument(
+        "--backend",
+        choices=predict.BACKENDS,
+        help="torch (a run's weights) or onnx (ONNX Runtime); default: the model's own kind",
+    )
+    command.add_argument("--top", type=int, default=3, help="classes shown (default: 3)")
+    command.add_argument("--json", action="store_true", help="print JSON")
+    command.set_defaults(run=_predict)
+
+
+def _predict(args) -> int:
+    if args.top < 1:
+        raise UsageError("--top must be at least 1")
+    predictor = predict.load_predictor(args.model, args.backend)
+    sources, names, failures = _image_sources(args.images)
+    results = predictor.predict_each(sources, args.top, names) if sources else []
+    failures += [r for r in results if isinstance(r, predict.ImageError)]
+    predictions = [r for r in results if isinstance(r, predict.Prediction)]
+    for failure in failures:
+        print(f"lenet5: error: {failure}", file=sys.stderr)
+    info = predictor.info
+    if args.json:
+        report = {
+            "model": predictor.source,
+            "arch": info.arch,
+            "backend": predictor.backend,
+            "probabilities": info.probabilities,
+            "map_j": info.map_j,
+            "predictions": [
+                {
+                    "image": p.source,
+                    "label": p.label,
+                    "top": [
+                        {"class": g.name, "index": g.index, "probability": g.probability}
+                        for g in p.top
+                    ],
+                    "none_of_these": p.none_of_these,
+                }
+                for p in predictions
+            ],
+            "errors": [{"image": f.source, "error": f.problem} for f in failures],
+        }
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"{info.arch} on {info.dataset} ({predictor.backend}: {predictor.source}); "
+            f"probabilities: {predictor.describe_probabilities()}"
+        )
+        for p in predictions:
+            guesses = [f"{g.name} {_percent(g.probability)}" for g in p.top]
+            if p.none_of_these is not None:
+                guesses.append(f"none of these {_percent(p.none_of_these)}")
+            print(f"{p.source}: {' | '.join(guesses)}")
+    return 1 if failures else 0
+
+
+def _percent(probability: float) -> str:
+    if probability == 0 or probability >= 5e-5:
+        return f"{100 * probability:.2f}%"
+    return f"{100 * probability:.1e}%"  # the MAP rule's tiny class probabilities
+
+
+def _image_sources(arguments: Sequence[str]):
+    """The images the arguments name: files, the image files of folders, stdin's bytes for
+    '-'. Returns (sources, names, ImageErrors for folders without images)."""
+    from pathlib import Path
+
+    sources, names, failures = [], [], []
+    for argument in arguments:
+        if argument == "-":
+            sources.append(sys.stdin.buffer.read())
+            names.append("<stdin>")
+            continue
+        path = Path(argument)
+        if not path.is_dir():
+            sources.append(path)
+            names.append(argument)
+            continue
+        found = sorted(
+            p for p in path.iterdir() if p.suffix.lower() in predict.EXTENSIONS and p.is_file()
+        )
+        if not found:
+            kinds = ", ".join(predict.EXTENSIONS)
+            failures.append(predict.ImageError(argument, f"a folder with no image files ({kinds})"))
+        sources += found
+        names += [str(p) for p in found]
+    return sources, names, failures
 
 
 if __name__ == "__main__":  # pragma: no cover
