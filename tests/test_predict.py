@@ -18,6 +18,7 @@ import torch
 
 from lenet5 import cli, data, experiment, export, predict
 from lenet5.train import TrainConfig
+from predict_forms import encode, rates
 
 Image = pytest.importorskip("PIL.Image")
 pytest.importorskip("onnxruntime")
@@ -65,52 +66,14 @@ def predictor(run_dir):
     return predict.load_predictor(run_dir)
 
 
-def encode(image, format="PNG", **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format, **options)
-    return buffer.getvalue()
-
-
-def forms(digit: np.ndarray) -> dict[str, bytes]:
-    """One MNIST digit (uint8 28x28, light on black) as files people make."""
-    dark_on_white = Image.fromarray(255 - digit)
-    canvas = np.full((120, 90), 255, np.uint8)
-    canvas[70:98, 8:36] = 255 - digit  # low and to the left in a larger page
-    blue_ink = np.stack([255 - digit, 255 - digit // 2, np.full_like(digit, 255)], axis=-1)
-    transparent = np.zeros((28, 28, 4), np.uint8)
-    transparent[..., 3] = digit  # black ink whose coverage is the alpha channel
-    return {
-        "plain": encode(Image.fromarray(digit)),
-        "inverted": encode(dark_on_white),
-        "scaled 3x": encode(dark_on_white.resize((84, 84), Image.Resampling.BICUBIC)),
-        "off-centre": encode(Image.fromarray(canvas)),
-        "RGB": encode(Image.fromarray(blue_ink)),
-        "RGBA": encode(Image.fromarray(transparent)),
-        "JPEG": encode(dark_on_white.resize((56, 56)), "JPEG", quality=75),
-    }
-
-
-def test_recognition_rates_across_forms(predictor, test_split, tmp_path):
-    digits = test_split.images[:DIGITS]
-    labels = test_split.labels[:DIGITS].numpy()
-    # The reference: the network on the MNIST tensors themselves, no image files involved.
-    with torch.no_grad():
-        raw = predictor.scores(predict.network_input(digits, predictor.info.input)).argmax(1)
-    raw_rate = (raw.numpy() == labels).mean()
-    files: dict[str, list] = {}
-    for i, digit in enumerate(digits.numpy()):
-        for form, payload in forms(digit).items():
-            path = (
-                tmp_path / f"{i:03d}-{form.replace(' ', '_')}.{form == 'JPEG' and 'jpg' or 'png'}"
-            )
-            path.write_bytes(payload)
-            files.setdefault(form, []).append(path)
-    rates = {}
-    for form, paths in files.items():
-        predictions = predictor.predict(paths)
-        rates[form] = np.mean([int(p.label) == y for p, y in zip(predictions, labels, strict=True)])
-    print(f"MNIST tensors {raw_rate:.3f}; " + ", ".join(f"{f} {r:.3f}" for f, r in rates.items()))
-    for form, rate in rates.items():
+def test_recognition_rates_across_forms(predictor, test_split):
+    measured = rates(predictor, test_split.images[:DIGITS], test_split.labels[:DIGITS])
+    raw_rate = measured.pop("MNIST tensors")  # the network on the tensors, no files involved
+    print(
+        f"MNIST tensors {raw_rate:.3f}; " + ", ".join(f"{f} {r:.3f}" for f, r in measured.items())
+    )
+    assert len(measured) == 7
+    for form, rate in measured.items():
         assert rate >= FLOOR and rate >= raw_rate - 0.03, (form, rate, raw_rate)
 
 
