@@ -9,7 +9,7 @@ EXTRAS ?= export,plots,dev
 RUN_DIR ?= runs/default
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test lint clean
+.PHONY: setup train test lint bench clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The benchmarks: every figure beside its target, then their table (bench/bench.py --help).
+# `make bench QUICK=1` runs the short versions; BENCH_ARGS="--device cuda" passes options on.
+bench: setup
+	$(BIN)/python bench/bench.py $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,189 @@
+"""Epoch throughput: the reference script's data pipeline against lenet5's, on the same network.
+
+    python bench/bench_throughput.py [--quick] [--device cpu|cuda] [--threads N]
+
+Both sides train the twin network (lenet5.models.build("twin")) with the reference script's
+hyper-parameters: Adam lr 2e-3, batch 256, shuffled, cross-entropy.
+
+(a) The reference: activatedgeek/LeNet-5's run.py, re-created here without torchvision. Per
+    sample, a Pillow image is resized 28x28 -> 32x32 (bilinear, torchvision's Resize on a PIL
+    image) and turned into a float tensor in [0, 1] (torchvision's ToTensor); a Dataset and a
+    DataLoader with 8 workers batch them; the loss is nn.CrossEntropyLoss on the log-softmax
+    the original network ends with, read with .item() every step (run.py keeps that list for
+    its visdom plot). Left out: its console print every 10 batches and the visdom calls.
+(b) lenet5: `lenet5.train.fit` with the `reference` recipe's TrainConfig on data prepared once
+    by `lenet5.experiment.load_data` (resized once, uint8, batches sliced by index).
+
+The two alternate epoch by epoch (reference, lenet5, reference, ...), so that a change in the
+machine's load hits both; lenet5 continues from its last epoch through fit's own resume state.
+Each side's figure is its median epoch; only the training pass is timed (the reference's
+includes starting its workers, which run.py does every epoch). lenet5's one-off preparation
+is reported beside it. The full mode runs 3 epochs of 60,000 images each; --quick 1 epoch of
+the first 15,360.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from bench_report import Figure, Recorder, parser, set_threads
+from lenet5 import data, experiment, models, recipes
+from lenet5.train import fit
+
+# activatedgeek/LeNet-5 run.py: DataLoader(..., batch_size=256, shuffle=True, num_workers=8),
+# optim.Adam(net.parameters(), lr=2e-3).
+REFERENCE_BATCH, REFERENCE_WORKERS, REFERENCE_LR = 256, 8, 2e-3
+FULL_EPOCHS, QUICK_EPOCHS = 3, 1
+QUICK_IMAGES = 60 * REFERENCE_BATCH  # 15,360
+CHECKED_IMAGES = 1000  # images on which the two pipelines' inputs are compared
+
+
+class ResizedMNIST(Dataset):
+    """What torchvision's MNIST with Compose([Resize((32, 32)), ToTensor()]) serves: one
+    sample at a time, 1 x 32 x 32 floats in [0, 1] and an int label."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels  # uint8 N x 28 x 28, int64 N
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        side = data.INPUT_SIDE
+        image = Image.fromarray(self.images[index].numpy())  # mode L, as torchvision's MNIST
+        image = image.resize((side, side), Image.Resampling.BILINEAR)  # Resize((32, 32))
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8))  # 32 x 32, as ToTensor
+        return pixels.unsqueeze(0).float().div(255), int(self.labels[index])  # 1 x 32 x 32
+
+
+class Reference:
+    """run.py's training, one epoch per call, on its own model and optimiser."""
+
+    def __init__(self, dataset: Dataset, device: torch.device, seed: int):
+        # torch warns that 8 workers are more than the cores; run.py's choice, kept on purpose.
+        warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
+        torch.manual_seed(seed)
+        self.model = models.build("twin").to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=REFERENCE_LR)
+        self.loader = DataLoader(
+            dataset, batch_size=REFERENCE_BATCH, shuffle=True, num_workers=REFERENCE_WORKERS
+        )
+        self.device = device
+        self.losses: list[float] = []
+
+    def epoch(self) -> float:
+        """Train one epoch; return its seconds (workers start inside, as in run.py)."""
+        self.model.train()
+        started = time.perf_counter()
+        for images, labels in self.loader:
+            images, labels = images.to(self.device), labels.to(self.device)
+            self.optimizer.zero_grad()
+            # The original network ends in LogSoftmax and run.py applies CrossEntropyLoss to
+            # that; lenet5's twin returns the logits, so the log-softmax is applied here.
+            output = F.log_softmax(self.model(images), dim=1)
+            loss = F.cross_entropy(output, labels)
+            self.losses.append(loss.detach().cpu().item())
+            loss.backward()
+            self.optimizer.step()
+        return time.perf_counter() - started
+
+
+def input_difference(dataset: ResizedMNIST, prepared: torch.Tensor, count: int) -> dict:
+    """How far the reference's per-sample Pillow resize is from lenet5's batched one, in grey
+    levels (1/255), on the first `count` images: both sides should train on the same input."""
+    reference = torch.stack([dataset[i][0][0] for i in range(count)]) * 255  # count x 32 x 32
+    difference = (reference - prepared[:count].float()).abs()
+    return {
+        "images": count,
+        "max_grey_levels": float(difference.max()),
+        "fraction_equal": float((difference < 0.5).double().mean()),
+    }
+
+
+def main() -> None:
+    args = parser(__doc__.split("\n\n")[0]).parse_args()
+    set_threads(args.threads)
+    device = torch.device(args.device)
+    epochs = QUICK_EPOCHS if args.quick else FULL_EPOCHS
+    recipe = recipes.get("reference")
+    spec = experiment.RunSpec(
+        arch=recipe.arch,
+        dataset="mnist",
+        input=data.InputSpec.for_dataset("mnist", recipe.geometry, recipe.values),
+        train=replace(recipe.train, device=args.device),
+        limit_train=QUICK_IMAGES if args.quick else None,
+    )
+    config = spec.train
+    recorder = Recorder(
+        "throughput",
+        "Epoch throughput, twin network: the reference pipeline against lenet5",
+        args,
+        {
+            "epochs_each": epochs,
+            "train_images": spec.limit_train or data.dataset_info("mnist").counts["train"],
+            "batch_size": config.batch_size,
+            "optimizer": f"{config.optimizer} lr {config.lr:g}",
+            "reference_workers": REFERENCE_WORKERS,
+            "order": "alternating epochs, reference first; median epoch of each",
+        },
+    )
+
+    started = time.perf_counter()
+    loaded = experiment.load_data(spec, args.data_dir)
+    prepare_seconds = time.perf_counter() - started  # read, verify, parse, resize: once
+    train = data.load_split("mnist", "train", args.data_dir)
+    count = len(loaded.train_labels)
+    dataset = ResizedMNIST(train.images[:count], train.labels[:count])
+    reference = Reference(dataset, device, config.seed)
+    model, state = experiment.build_model(spec), None
+
+    def keep(snapshot) -> None:
+        nonlocal state
+        state = snapshot
+
+    reference_seconds, history = [], ()
+    for epoch in range(1, epochs + 1):
+        reference_seconds.append(reference.epoch())
+        history = fit(
+            model,
+            loaded.train_images,
+            loaded.train_labels,
+            loaded.test_images,
+            loaded.test_labels,
+            loaded.to_input,
+            replace(config, epochs=epoch),
+            checkpoint=keep,
+            resume=state,
+        )
+    lenet5_seconds = [record.seconds for record in history]
+
+    reference_rate = count / statistics.median(reference_seconds)
+    lenet5_rate = count / statistics.median(lenet5_seconds)
+    for figure in (
+        Figure("epoch throughput, reference pipeline, twin", reference_rate, "images/s"),
+        Figure("epoch throughput, lenet5 fit, twin", lenet5_rate, "images/s"),
+        Figure("epoch throughput, lenet5 / reference", lenet5_rate / reference_rate, "x", 5.0),
+    ):
+        recorder.figure(figure)
+    recorder.detail("reference_epoch_seconds", reference_seconds)
+    recorder.detail("lenet5_epoch_seconds", lenet5_seconds)
+    recorder.detail("reference_seconds_per_60000", 60_000 / reference_rate)
+    recorder.detail("lenet5_seconds_per_60000", 60_000 / lenet5_rate)
+    recorder.detail("lenet5_prepare_seconds_once", prepare_seconds)
+    recorder.detail("reference_last_loss", reference.losses[-1])
+    recorder.detail("lenet5_test_accuracy", [record.test_accuracy for record in history])
+    recorder.detail("inputs", input_difference(dataset, loaded.train_images, CHECKED_IMAGES))
+    recorder.write()
+
+
+if __name__ == "__main__":
+    main()
