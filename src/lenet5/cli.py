@@ -243,6 +243,7 @@ def _add_train_command(commands) -> None:
     train.add_argument("--schedule", choices=["constant", "step", "cosine", "onecycle", "paper"])
     train.add_argument("--loss", choices=["cross_entropy", "plain", "map"])
     train.add_argument("--map-j", type=float, help="the MAP criterion's constant j")
+    train.add_argument("--mu", type=float, help="SDLM's safety term in lr / (mu + h)")
     train.add_argument("--label-smoothing", type=float)
     train.add_argument("--seed", type=int)
     train.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -278,6 +279,7 @@ _TRAIN_FLAGS = (
     "schedule",
     "loss",
     "map_j",
+    "mu",
     "label_smoothing",
     "seed",
     "device",
