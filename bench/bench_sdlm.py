@@ -25,7 +25,6 @@ import torch
 
 from bench_report import Figure, Recorder, parser, set_threads
 from lenet5 import data, experiment, recipes, sdlm
-from lenet5.train import fit
 
 RECIPE = "lecun98"
 FULL_IMAGES, QUICK_IMAGES = 3_000, 500
@@ -73,15 +72,7 @@ def main() -> None:
     model = experiment.build_model(spec).to(args.device)
     sample = loaded.train_images[: sdlm.CURVATURE_SAMPLES].to(args.device)
     curvature = curvature_seconds(model, loaded.to_input(sample))
-    (record,) = fit(
-        model,
-        loaded.train_images,
-        loaded.train_labels,
-        loaded.test_images,
-        loaded.test_labels,
-        loaded.to_input,
-        spec.train,
-    )
+    (record,) = experiment.fit_on(model, loaded, spec.train)
     step = (record.seconds - curvature) / images
     one_pass = curvature + full_train * step
     all_passes = PASSES * (one_pass + record.eval_seconds)

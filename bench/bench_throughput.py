@@ -37,7 +37,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from bench_report import Figure, Recorder, parser, set_threads
 from lenet5 import data, experiment, models, recipes
-from lenet5.train import fit
 
 # activatedgeek/LeNet-5 run.py: DataLoader(..., batch_size=256, shuffle=True, num_workers=8),
 # optim.Adam(net.parameters(), lr=2e-3).
@@ -153,13 +152,9 @@ def main() -> None:
     reference_seconds, history = [], ()
     for epoch in range(1, epochs + 1):
         reference_seconds.append(reference.epoch())
-        history = fit(
+        history = experiment.fit_on(
             model,
-            loaded.train_images,
-            loaded.train_labels,
-            loaded.test_images,
-            loaded.test_labels,
-            loaded.to_input,
+            loaded,
             replace(config, epochs=epoch),
             checkpoint=keep,
             resume=state,

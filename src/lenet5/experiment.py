@@ -109,6 +109,21 @@ def load_data(spec: RunSpec, data_dir: str | os.PathLike | None = None, on_progr
     )
 
 
+def fit_on(model: nn.Module, loaded: Data, config: TrainConfig, **options):
+    """`lenet5.train.fit` on prepared data; options (callbacks, checkpoint, resume, augment)
+    pass through."""
+    return fit(
+        model,
+        loaded.train_images,
+        loaded.train_labels,
+        loaded.test_images,
+        loaded.test_labels,
+        loaded.to_input,
+        config,
+        **options,
+    )
+
+
 def build_model(spec: RunSpec) -> nn.Module:
     torch.manual_seed(spec.train.seed)  # the initial weights follow the seed too
     return models.build(spec.arch, **spec.model_options)
@@ -143,13 +158,9 @@ def train_run(
     augment = None
     if spec.distort is not None:
         augment = functools.partial(distort, config=spec.distort)
-    history = fit(
+    history = fit_on(
         model,
-        loaded.train_images,
-        loaded.train_labels,
-        loaded.test_images,
-        loaded.test_labels,
-        loaded.to_input,
+        loaded,
         spec.train,
         callbacks=callbacks,
         checkpoint=functools.partial(runs.save_checkpoint, run_dir),
