@@ -32,6 +32,8 @@ CONFIGS = {
     "lecun98-sqrtinit": ["--recipe", "lecun98-sqrtinit"],
     "lecun98-distort": ["--recipe", "lecun98-distort"],
     "lecun98-distort-sqrtinit": ["--recipe", "lecun98-distort-sqrtinit"],
+    "lecun98-mu84": ["--recipe", "lecun98-mu84"],
+    "lecun98-distort-mu84": ["--recipe", "lecun98-distort-mu84"],
 }
 ROOT = Path("runs/repro")
 

@@ -13,6 +13,8 @@ command line overrides that one field.
 - lecun98-distort: the same with random affine distortions of every sample (section III-C).
 - lecun98-sqrtinit, lecun98-distort-sqrtinit: the same with one labelled deviation, the
   initial weights' bound read as 2.4/sqrt(F) instead of the printed 2.4/F (see the README).
+- lecun98-mu84, lecun98-distort-mu84: the same with one labelled deviation, mu = 84 x 0.02 =
+  1.68: the paper's mu against a loss divided by the 84 F6 units (see the README).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from lenet5.distort import DistortConfig
-from lenet5.sdlm import PAPER_ETA
+from lenet5.sdlm import MU, PAPER_ETA
 from lenet5.train import TrainConfig
 
 
@@ -48,6 +50,12 @@ LECUN98 = Recipe(
     ),
 )
 
+# Labelled deviation: the paper's mu for a loss divided by the F6 units (a mean squared distance
+# instead of a sum). Dividing the loss by 84 divides the gradient and h by 84, so each step is
+# eta / (84 mu + h) times the undivided gradient: exactly mu = 84 x 0.02.
+F6_UNITS = 84
+LECUN98_MU84 = replace(LECUN98, train=replace(LECUN98.train, mu=F6_UNITS * MU))
+
 RECIPES: dict[str, Recipe] = {
     "fast": Recipe(
         arch="modern",
@@ -68,6 +76,8 @@ RECIPES: dict[str, Recipe] = {
     "lecun98-distort-sqrtinit": replace(
         LECUN98, distort=DistortConfig(), model_options={"init": "sqrt"}
     ),
+    "lecun98-mu84": LECUN98_MU84,
+    "lecun98-distort-mu84": replace(LECUN98_MU84, distort=DistortConfig()),
 }
 DEFAULT_RECIPE = "fast"
 

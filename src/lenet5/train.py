@@ -19,6 +19,7 @@ one entry in `OPTIMIZERS`, `SCHEDULES` or `LOSSES`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lenet5 import losses, sdlm
+from lenet5 import losses, persample, sdlm
 from lenet5.evaluate import evaluate
 
 # Criteria map (scores [B, C], labels [B]) to per-sample losses [B], so that evaluation can
@@ -262,6 +263,41 @@ def make_scheduler(
     )
 
 
+Step = Callable[[Tensor, Tensor], Tensor]  # (inputs, labels) -> the batch's mean loss
+
+
+def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig) -> Step:
+    """One training step: forward, loss, back-propagation, update; returns the loss.
+
+    The paper's per-sample SDLM on the classic network takes the written-out, compiled step
+    of `lenet5.persample` (the same arithmetic, ~4x faster than autograd on one sample);
+    everything else goes through autograd."""
+    if isinstance(optimizer, sdlm.SDLM) and persample.supports(
+        model, config.loss, config.batch_size
+    ):
+        written = persample.ClassicStep(model, config.loss, config.map_j)
+
+        def per_sample_step(inputs: Tensor, labels: Tensor) -> Tensor:
+            loss, grads = written(inputs, labels)
+            for param, grad in zip(written.params, grads, strict=True):
+                param.grad = grad
+            optimizer.step()
+            return loss
+
+        return per_sample_step
+
+    loss_fn = make_loss(config)
+
+    def autograd_step(inputs: Tensor, labels: Tensor) -> Tensor:
+        loss = loss_fn(model(inputs), labels).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return autograd_step
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -314,6 +350,10 @@ def fit(
     loss_fn = make_loss(config)
     optimizer = OPTIMIZERS[config.optimizer](model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch)
+    train_step = make_step(model, optimizer, config)
+    # One sample's work is too small to split: a second CPU thread only waits on the first
+    # (and, on a busy machine, for the first to be scheduled again).
+    step_threads = 1 if batch_size == 1 and device.type == "cpu" else torch.get_num_threads()
     shuffle = torch.Generator().manual_seed(config.seed)
     if resume is None:
         history = []
@@ -334,21 +374,20 @@ def fit(
                 sample = train_images[order[: sdlm.CURVATURE_SAMPLES]]
                 optimizer.set_curvature(sdlm.gauss_newton_diagonal(model, to_input(sample)))
             step_losses = []
-            for step, begin in enumerate(range(0, n, batch_size), start=1):
-                batch = order[begin : begin + batch_size]
-                images = train_images[batch] if augment is None else augment(train_images[batch])
-                loss = loss_fn(model(to_input(images)), train_labels[batch]).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-                optimizer.step()
-                scheduler.step()
-                step_losses.append(loss.detach())
-                if step % FINITE_CHECK_EVERY == 0:
-                    recent = step_losses[-FINITE_CHECK_EVERY:]
-                    _check_finite(recent, epoch, step - FINITE_CHECK_EVERY)
-                for callback in callbacks:
-                    callback.on_step(epoch, step, step_losses[-1], lr)
+            with _threads(step_threads):
+                for step, begin in enumerate(range(0, n, batch_size), start=1):
+                    batch = order[begin : begin + batch_size]
+                    images = train_images[batch]
+                    if augment is not None:
+                        images = augment(images)
+                    lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+                    step_losses.append(train_step(to_input(images), train_labels[batch]))
+                    scheduler.step()
+                    if step % FINITE_CHECK_EVERY == 0:
+                        recent = step_losses[-FINITE_CHECK_EVERY:]
+                        _check_finite(recent, epoch, step - FINITE_CHECK_EVERY)
+                    for callback in callbacks:
+                        callback.on_step(epoch, step, step_losses[-1], lr)
             _check_finite(step_losses, epoch, 0)
             train_loss = _mean_loss(step_losses, n, batch_size)  # waits for the device
             seconds = time.perf_counter() - started
@@ -378,6 +417,19 @@ def fit(
 
 
 # --- helpers of fit ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _threads(count: int):
+    """torch's intra-op thread count set to `count` inside the block, restored after."""
+    before = torch.get_num_threads()
+    if count != before:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if count != before:
+            torch.set_num_threads(before)
 
 
 def _check_finite(losses: list[Tensor], epoch: int, steps_before: int) -> None:

@@ -152,6 +152,8 @@ class MaskedConv2d(nn.Module):
         kernel_index = torch.full((table.numel(),), n_kernels, dtype=torch.long)
         kernel_index[table.flatten()] = torch.arange(n_kernels)
         self.register_buffer("kernel_index", kernel_index, persistent=False)
+        # The inverse: for each kernel in `weight`, its (out, in) pair's row-major position.
+        self.register_buffer("pair_index", table.flatten().nonzero().squeeze(1), persistent=False)
         self.reset_parameters()
 
     def fan_in(self) -> Tensor:
@@ -167,18 +169,19 @@ class MaskedConv2d(nn.Module):
             self.weight.copy_(unit * bound[owner].view(-1, 1, 1))
             self.bias.copy_((torch.rand_like(self.bias) * 2 - 1) * bound)
 
-    def dense_weight(self) -> Tensor:
-        """The full (out, in, k, k) kernel bank, zero wherever the table has no connection."""
-        k = self.kernel_size
-        zero = self.weight.new_zeros(1, k, k)
-        bank = torch.cat([self.weight, zero])[self.kernel_index]  # out*in x k x k
-        return bank.view(self.out_channels, self.in_channels, k, k)
+    def dense_weight(self, weight: Tensor | None = None) -> Tensor:
+        """The full (out, in, k, k) kernel bank, zero wherever the table has no connection;
+        of `weight` (connections x k x k, e.g. a gradient) in place of the layer's own."""
+        return dense_kernels(
+            self.weight if weight is None else weight,
+            self.kernel_index,
+            (self.out_channels, self.in_channels),
+        )
 
     def connected(self, dense: Tensor) -> Tensor:
         """The inverse of dense_weight: the connected kernels of any dense (out, in, k, k)
         tensor, as (connections, k, k) in `weight`'s order (e.g. a per-weight curvature)."""
-        k = self.kernel_size
-        return dense.reshape(-1, k, k)[self.table.flatten()]  # connections x k x k
+        return connected_kernels(dense, self.pair_index)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.dense_weight(), self.bias)  # N x out x H-k+1 x W-k+1
@@ -188,6 +191,21 @@ class MaskedConv2d(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"connections={self.weight.shape[0]}"
         )
+
+
+def dense_kernels(weight: Tensor, kernel_index: Tensor, maps: tuple[int, int]) -> Tensor:
+    """MaskedConv2d's dense bank as a plain function of its tensors (so that a compiled
+    step can take them as arguments): `weight` (connections x k x k) placed at the (out, in)
+    pairs of `kernel_index`, zero kernels elsewhere. Only fixed-shape gathers, no masks."""
+    k = weight.shape[-1]
+    bank = torch.cat([weight, weight.new_zeros(1, k, k)]).index_select(0, kernel_index)
+    return bank.view(*maps, k, k)  # out x in x k x k
+
+
+def connected_kernels(dense: Tensor, pair_index: Tensor) -> Tensor:
+    """The inverse of dense_kernels: the kernels of the connected pairs, connections x k x k."""
+    k = dense.shape[-1]
+    return dense.reshape(-1, k, k).index_select(0, pair_index)
 
 
 class EuclideanRBF(nn.Module):
