@@ -288,3 +288,31 @@ def test_rejects_empty_or_mismatched_training_data():
         fit(TinyNet(), images[:0], labels[:0], images, labels, to_input, FAST)
     with pytest.raises(ValueError, match="as many training images as labels"):
         fit(TinyNet(), images[:5], labels, images, labels, to_input, FAST)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 3000])
+def test_augment_maps_every_training_image_once_per_epoch_in_chunks(monkeypatch, batch_size):
+    """augment sees each image once per epoch, in the epoch's order and in chunks of whole
+    batches, and the model trains on exactly what it returned."""
+    monkeypatch.setattr("lenet5.train.AUGMENT_CHUNK", 16)
+    images, labels = synthetic(40)
+    images[:, 0, 0] = torch.arange(40, dtype=torch.uint8)  # each image's index, in a pixel
+    calls, seen = [], []
+
+    def augment(batch):
+        calls.append(batch[:, 0, 0].tolist())
+        return 255 - batch  # a visible change, keeping the index pixel decodable
+
+    def recording_input(batch):
+        if torch.is_grad_enabled():  # training steps; evaluation runs in inference mode
+            seen.extend((255 - batch[:, 0, 0]).tolist())
+        return to_input(batch)
+
+    config = TrainConfig(epochs=2, batch_size=batch_size, lr=1e-3, device="cpu")
+    fit(tiny_model(), images, labels, images, labels, recording_input, config, augment=augment)
+    chunk = batch_size * max(1, 16 // batch_size)
+    assert [len(c) for c in calls] == [min(chunk, 40 - i) for i in range(0, 40, chunk)] * 2
+    flat = [i for c in calls for i in c]
+    assert sorted(flat[:40]) == sorted(flat[40:]) == list(range(40))  # each image once an epoch
+    assert flat[:40] != flat[40:]  # reshuffled
+    assert seen == flat  # the model got the augmented images, in order
