@@ -2,8 +2,11 @@
 
     python bench/bench_throughput.py [--quick] [--device cpu|cuda] [--threads N]
 
-Both sides train the twin network (lenet5.models.build("twin")) with the reference script's
-hyper-parameters: Adam lr 2e-3, batch 256, shuffled, cross-entropy.
+Both sides train the twin network with the reference script's hyper-parameters: Adam lr 2e-3,
+batch 256, shuffled, cross-entropy. The reference side trains its own network, written here
+as the reference's module layout is (`ReferenceLeNet5`: two separate C3 branches, float32
+NCHW, LogSoftmax at the end), so that speed-ups inside lenet5's twin do not flatter the
+reference; lenet5's side trains `lenet5.models.build("twin")` (the same function).
 
 (a) The reference: activatedgeek/LeNet-5's run.py, re-created here without torchvision. Per
     sample, a Pillow image is resized 28x28 -> 32x32 (bilinear, torchvision's Resize on a PIL
@@ -33,10 +36,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from bench_report import Figure, Recorder, parser, set_threads
-from lenet5 import data, experiment, models, recipes
+from lenet5 import data, experiment, recipes
 
 # activatedgeek/LeNet-5 run.py: DataLoader(..., batch_size=256, shuffle=True, num_workers=8),
 # optim.Adam(net.parameters(), lr=2e-3).
@@ -44,6 +48,32 @@ REFERENCE_BATCH, REFERENCE_WORKERS, REFERENCE_LR = 256, 8, 2e-3
 FULL_EPOCHS, QUICK_EPOCHS = 3, 1
 QUICK_IMAGES = 60 * REFERENCE_BATCH  # 15,360
 CHECKED_IMAGES = 1000  # images on which the two pipelines' inputs are compared
+
+
+class ReferenceLeNet5(nn.Module):
+    """The reference's network as its model module lays it out: C1 (conv, ReLU, max-pool),
+    two C2 branches (conv, ReLU, max-pool each) whose outputs are added, C3 (conv, ReLU), F4
+    (linear, ReLU), F5 (linear, LogSoftmax). PyTorch's default initialisation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 5), nn.ReLU(), nn.MaxPool2d(2)
+            )
+
+        self.c1 = conv_block(1, 6)  # N x 6 x 14 x 14
+        self.c2_1, self.c2_2 = conv_block(6, 16), conv_block(6, 16)  # N x 16 x 5 x 5 each
+        self.c3 = nn.Sequential(nn.Conv2d(16, 120, 5), nn.ReLU())  # N x 120 x 1 x 1
+        self.f4 = nn.Sequential(nn.Linear(120, 84), nn.ReLU())
+        self.f5 = nn.Sequential(nn.Linear(84, 10), nn.LogSoftmax(dim=-1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        output = self.c1(images)
+        output = self.c2_1(output) + self.c2_2(output)
+        output = self.c3(output).flatten(1)
+        return self.f5(self.f4(output))
 
 
 class ResizedMNIST(Dataset):
@@ -71,7 +101,7 @@ class Reference:
         # torch warns that 8 workers are more than the cores; run.py's choice, kept on purpose.
         warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
         torch.manual_seed(seed)
-        self.model = models.build("twin").to(device)
+        self.model = ReferenceLeNet5().to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=REFERENCE_LR)
         self.loader = DataLoader(
             dataset, batch_size=REFERENCE_BATCH, shuffle=True, num_workers=REFERENCE_WORKERS
@@ -86,10 +116,8 @@ class Reference:
         for images, labels in self.loader:
             images, labels = images.to(self.device), labels.to(self.device)
             self.optimizer.zero_grad()
-            # The original network ends in LogSoftmax and run.py applies CrossEntropyLoss to
-            # that; lenet5's twin returns the logits, so the log-softmax is applied here.
-            output = F.log_softmax(self.model(images), dim=1)
-            loss = F.cross_entropy(output, labels)
+            output = self.model(images)  # log-probabilities: the network ends in LogSoftmax
+            loss = F.cross_entropy(output, labels)  # run.py's CrossEntropyLoss on them
             self.losses.append(loss.detach().cpu().item())
             loss.backward()
             self.optimizer.step()
