@@ -47,7 +47,7 @@ def evaluate(
     images: Tensor,
     labels: Tensor,
     to_input: Callable[[Tensor], Tensor],
-    batch_size: int = 1000,
+    batch_size: int = 250,
     loss: Callable[[Tensor, Tensor], Tensor] = _cross_entropy,
 ) -> Evaluation:
     """Score `images` (uint8 [N, H, W]) against `labels` (int64 [N]) in eval mode.

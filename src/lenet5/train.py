@@ -57,7 +57,9 @@ class TrainConfig:
     mu: float = sdlm.MU  # "sdlm" only: the safety term in lr / (mu + h)
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
-    eval_batch_size: int = 1000
+    # Test-set batches: 250 is faster than 1000 on a CPU (the activations stay in cache) and
+    # needs a quarter of the transient memory.
+    eval_batch_size: int = 250
 
     def __post_init__(self) -> None:
         for name, table in (
