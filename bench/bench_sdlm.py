@@ -19,6 +19,7 @@ same shapes) and leaves out the distortions of `lecun98-distort`.
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from dataclasses import replace
@@ -26,7 +27,7 @@ from dataclasses import replace
 import torch
 
 from bench_report import Figure, Recorder, parser, set_threads
-from lenet5 import data, experiment, recipes, sdlm
+from lenet5 import data, experiment, persample, recipes, sdlm, train
 
 RECIPE = "lecun98"
 FULL_IMAGES, QUICK_IMAGES = 3_000, 500
@@ -42,6 +43,51 @@ def curvature_seconds(model: torch.nn.Module, inputs: torch.Tensor, repeats: int
         sdlm.gauss_newton_diagonal(model, inputs)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def per_step_microseconds(model: torch.nn.Module, loaded, config, repeats: int) -> dict:
+    """Where a per-sample step goes: microseconds of the written-out forward and backward
+    (lenet5.persample), of the SDLM update, and of the same step through autograd instead,
+    each timed alone on one thread (as fit runs per-sample steps), median of 5 rounds."""
+    model = copy.deepcopy(model)
+    optimizer = sdlm.SDLM(list(model.parameters()), lr=config.lr, mu=config.mu)
+    x = loaded.to_input(loaded.train_images[:1])
+    label = loaded.train_labels[:1]
+    optimizer.set_curvature(sdlm.gauss_newton_diagonal(model, x))
+    written = persample.ClassicStep(model, config.loss, config.map_j)
+    loss_fn = train.make_loss(config)
+    _, grads = written(x, label)  # compiles
+
+    def update() -> None:
+        for param, grad in zip(written.params, grads, strict=True):
+            param.grad = grad
+        optimizer.step()
+
+    def autograd_step() -> None:
+        loss = loss_fn(model(x), label).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def median_microseconds(function) -> float:
+        rounds = []
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(repeats):
+                function()
+            rounds.append((time.perf_counter() - started) / repeats * 1e6)
+        return statistics.median(rounds)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {
+            "written_forward_backward": median_microseconds(lambda: written(x, label)),
+            "sdlm_update": median_microseconds(update),
+            "autograd_step_for_comparison": median_microseconds(autograd_step),
+        }
+    finally:
+        torch.set_num_threads(threads)
 
 
 def main() -> None:
@@ -96,6 +142,16 @@ def main() -> None:
     recorder.detail("curvature_seconds", curvature)
     recorder.detail("step_microseconds", step * 1e6)
     recorder.detail("test_eval_seconds", record.eval_seconds)
+    if spec.train.batch_size == 1 and persample.supports(model, spec.train.loss, 1):
+        breakdown = per_step_microseconds(model, loaded, spec.train, 200 if args.quick else 1000)
+        breakdown["rest_of_fit_loop"] = step * 1e6 - sum(
+            breakdown[key] for key in ("written_forward_backward", "sdlm_update")
+        )
+        recorder.detail("step_breakdown_microseconds", breakdown)
+        print(
+            "  where a step goes (us): "
+            + ", ".join(f"{key} {value:.0f}" for key, value in breakdown.items())
+        )
     recorder.detail("test_accuracy_after_pass", record.test_accuracy)
     recorder.write()
 

@@ -1,7 +1,7 @@
 """The classic network's training step on one sample, written out and compiled.
 
 The paper updates the weights after every sample (section III-B). Through autograd such a step
-costs about 1.2 ms on a CPU core, and almost none of that is arithmetic (a step is about 1.2
+costs 1.2 to 2 ms on a CPU core, and almost none of that is arithmetic (a step is about 1.2
 MFLOP): it is ~100 small operations, each paying dispatch, allocation and autograd bookkeeping.
 Here the step is written out instead, the classic network's forward pass and back-propagation
 for one image layer by layer, and torch.compile fuses the element-wise work around the matrix
@@ -23,7 +23,7 @@ It is the same function with the same gradients as autograd through `lenet5.mode
 (the tests compare the two), and `lenet5.train.fit` uses it for the classic network trained
 with batch size 1 and the plain or MAP criterion; everything else goes through autograd. If
 torch.compile cannot run here (no C++ compiler, say), the step runs eagerly with a warning:
-the same numbers, about 2x slower.
+the same numbers, about 3x slower. `bench/bench_sdlm.py` times both against autograd.
 """
 
 from __future__ import annotations

@@ -272,8 +272,8 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainC
     """One training step: forward, loss, back-propagation, update; returns the loss.
 
     The paper's per-sample SDLM on the classic network takes the written-out, compiled step
-    of `lenet5.persample` (the same arithmetic, ~4x faster than autograd on one sample);
-    everything else goes through autograd."""
+    of `lenet5.persample` (the same arithmetic, several times faster than autograd on one
+    sample: bench/bench_sdlm.py); everything else goes through autograd."""
     if isinstance(optimizer, sdlm.SDLM) and persample.supports(
         model, config.loss, config.batch_size
     ):
