@@ -96,17 +96,24 @@ def test_interrupted_run_resumes_bit_exactly(tmp_path, mnist_dir, monkeypatch):
 
 
 def test_paper_recipe_runs_per_sample_sdlm(tmp_path, mnist_dir):
-    code, out = train(
-        tmp_path,
-        mnist_dir,
-        "lecun98",
-        "--recipe",
-        "lecun98",
-        "--limit-train",
-        "300",
-        "--batch-size",
-        "1",
-    )
+    threads = torch.get_num_threads()
+    try:
+        code, out = train(
+            tmp_path,
+            mnist_dir,
+            "lecun98",
+            "--recipe",
+            "lecun98",
+            "--limit-train",
+            "300",
+            "--batch-size",
+            "1",
+            "--threads",
+            "1",
+        )
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert code == 0
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["optimizer"] == "sdlm" and config["train"]["loss"] == "map"
@@ -122,6 +129,9 @@ def test_bad_combinations_are_clear_errors(tmp_path, mnist_dir, capsys):
     assert "twin does not take the options" in capsys.readouterr().err
     assert cli.main(["evaluate", str(tmp_path / "nothing")]) == 1
     assert "no such run directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train(tmp_path, mnist_dir, "z", "--threads", "0")
+    assert "--threads: must be at least 1" in capsys.readouterr().err
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path, mnist_dir, capsys):

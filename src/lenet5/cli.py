@@ -20,6 +20,17 @@ class UsageError(Exception):
     """A problem with what the user asked for; reported as one line, exit status 2."""
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -248,6 +259,13 @@ def _add_train_command(commands) -> None:
     train.add_argument("--seed", type=int)
     train.add_argument("--device", choices=["auto", "cpu", "cuda"])
     train.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="CPU threads for torch (default: one per core); on a machine busy with other "
+        "work, 1 is often several times faster",
+    )
+    train.add_argument(
         "--distort",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -321,8 +339,12 @@ def _train_spec(args):
 
 
 def _train(args) -> int:
+    import torch
+
     from lenet5 import experiment, monitor, runs
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     spec = _train_spec(args)
     if spec.train.optimizer == "sdlm" and spec.arch != "classic":
         raise UsageError("--optimizer sdlm needs --arch classic (the paper's layers)")
