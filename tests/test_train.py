@@ -255,6 +255,23 @@ def test_config_rejects_unknown_names():
         TrainConfig(loss="hinge")
     with pytest.raises(ValueError, match="unknown device"):
         TrainConfig(device="tpu")
+    with pytest.raises(ValueError, match="unknown precision"):
+        TrainConfig(precision="fp8")
+
+
+def test_bf16_autocast_trains_and_keeps_float32_weights():
+    """precision="bf16" runs the forward pass in bfloat16 (seen from inside the model) and
+    still learns; weights and the reported losses stay float32."""
+    images, labels = synthetic(640)
+    test_images, test_labels = synthetic(200, seed=1)
+    model, dtypes = tiny_model(), []
+    model.output.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    config = TrainConfig(epochs=3, batch_size=50, lr=1e-2, device="cpu", precision="bf16")
+    history = fit(model, images, labels, test_images, test_labels, to_input, config)
+    assert history[-1].test_accuracy > 0.9
+    assert torch.bfloat16 in dtypes  # training steps
+    assert dtypes[-1] == torch.float32  # evaluation
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 @pytest.mark.integration

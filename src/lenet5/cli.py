@@ -259,6 +259,11 @@ def _add_train_command(commands) -> None:
     train.add_argument("--seed", type=int)
     train.add_argument("--device", choices=["auto", "cpu", "cuda"])
     train.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="bf16: forward pass under bfloat16 autocast (weights stay float32)",
+    )
+    train.add_argument(
         "--threads",
         type=_positive_int,
         metavar="N",
@@ -301,6 +306,7 @@ _TRAIN_FLAGS = (
     "label_smoothing",
     "seed",
     "device",
+    "precision",
 )
 
 

@@ -38,6 +38,9 @@ from lenet5.evaluate import evaluate
 Loss = losses.Loss
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # TrainConfig.precision -> autocast dtype
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train; the command line is built from these defaults."""
@@ -57,6 +60,10 @@ class TrainConfig:
     mu: float = sdlm.MU  # "sdlm" only: the safety term in lr / (mu + h)
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
+    # "bf16": forward and loss under torch.autocast to bfloat16 (weights, gradients and the
+    # optimiser stay float32); faster on GPUs and on CPUs with bf16 instructions, at bf16's
+    # precision. Evaluation always runs in float32.
+    precision: str = "fp32"  # "fp32" | "bf16"
     # Test-set batches: 250 is faster than 1000 on a CPU (the activations stay in cache) and
     # needs a quarter of the transient memory.
     eval_batch_size: int = 250
@@ -71,6 +78,8 @@ class TrainConfig:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; one of {sorted(table)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"unknown device {self.device!r}; one of auto, cpu, cuda")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; one of {sorted(PRECISIONS)}")
         if self.epochs < 0 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("epochs must be >= 0 and batch sizes >= 1")
         if self.step_every < 1:
@@ -274,8 +283,10 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainC
     The paper's per-sample SDLM on the classic network takes the written-out, compiled step
     of `lenet5.persample` (the same arithmetic, several times faster than autograd on one
     sample: bench/bench_sdlm.py); everything else goes through autograd."""
-    if isinstance(optimizer, sdlm.SDLM) and persample.supports(
-        model, config.loss, config.batch_size
+    if (
+        isinstance(optimizer, sdlm.SDLM)
+        and config.precision == "fp32"
+        and persample.supports(model, config.loss, config.batch_size)
     ):
         written = persample.ClassicStep(model, config.loss, config.map_j)
 
@@ -289,9 +300,12 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainC
         return per_sample_step
 
     loss_fn = make_loss(config)
+    autocast_dtype = PRECISIONS[config.precision]
+    device_type = next(model.parameters()).device.type
 
     def autograd_step(inputs: Tensor, labels: Tensor) -> Tensor:
-        loss = loss_fn(model(inputs), labels).mean()
+        with torch.autocast(device_type, autocast_dtype, enabled=autocast_dtype is not None):
+            loss = loss_fn(model(inputs), labels).float().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
