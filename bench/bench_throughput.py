@@ -15,10 +15,12 @@ reference; lenet5's side trains `lenet5.models.build("twin")` (the same function
     the original network ends with, read with .item() every step (run.py keeps that list for
     its visdom plot). Left out: its console print every 10 batches and the visdom calls.
 (b) lenet5: `lenet5.train.fit` with the `reference` recipe's TrainConfig on data prepared once
-    by `lenet5.experiment.load_data` (resized once, uint8, batches sliced by index).
+    by `lenet5.experiment.load_data` (resized once, uint8, batches sliced by index); float32
+    (the figure with the target) and, beside it, `precision="bf16"` (autocast).
 
-The two alternate epoch by epoch (reference, lenet5, reference, ...), so that a change in the
-machine's load hits both; lenet5 continues from its last epoch through fit's own resume state.
+The sides alternate epoch by epoch (reference, lenet5, lenet5 bf16, reference, ...), so that a
+change in the machine's load hits all; lenet5 continues from its last epoch through fit's own
+resume state.
 Each side's figure is its median epoch; only the training pass is timed (the reference's
 includes starting its workers, which run.py does every epoch). lenet5's one-off preparation
 is reported beside it. The full mode runs 3 epochs of 60,000 images each; --quick 1 epoch of
@@ -124,6 +126,33 @@ class Reference:
         return time.perf_counter() - started
 
 
+class Lenet5Side:
+    """lenet5's training path, one epoch per call: `fit` resumed from its own last state."""
+
+    def __init__(self, spec: experiment.RunSpec, loaded: experiment.Data, precision: str):
+        self.model = experiment.build_model(spec)
+        self.loaded, self.config = loaded, replace(spec.train, precision=precision)
+        self.state, self.history = None, ()
+
+    def epoch(self, epoch: int) -> None:
+        def keep(snapshot) -> None:
+            self.state = snapshot
+
+        self.history = experiment.fit_on(
+            self.model,
+            self.loaded,
+            replace(self.config, epochs=epoch),
+            checkpoint=keep,
+            resume=self.state,
+        )
+
+    def seconds(self) -> list[float]:
+        return [record.seconds for record in self.history]
+
+    def accuracies(self) -> list[float]:
+        return [record.test_accuracy for record in self.history]
+
+
 def input_difference(dataset: ResizedMNIST, prepared: torch.Tensor, count: int) -> dict:
     """How far the reference's per-sample Pillow resize is from lenet5's batched one, in grey
     levels (1/255), on the first `count` images: both sides should train on the same input."""
@@ -160,7 +189,7 @@ def main() -> None:
             "batch_size": config.batch_size,
             "optimizer": f"{config.optimizer} lr {config.lr:g}",
             "reference_workers": REFERENCE_WORKERS,
-            "order": "alternating epochs, reference first; median epoch of each",
+            "order": "alternating epochs: reference, lenet5 fp32, lenet5 bf16; median epoch",
         },
     )
 
@@ -171,39 +200,33 @@ def main() -> None:
     count = len(loaded.train_labels)
     dataset = ResizedMNIST(train.images[:count], train.labels[:count])
     reference = Reference(dataset, device, config.seed)
-    model, state = experiment.build_model(spec), None
-
-    def keep(snapshot) -> None:
-        nonlocal state
-        state = snapshot
-
-    reference_seconds, history = [], ()
+    # lenet5's side twice: float32 (the figure with the target), and bf16 autocast beside it.
+    sides = {precision: Lenet5Side(spec, loaded, precision) for precision in ("fp32", "bf16")}
+    reference_seconds = []
     for epoch in range(1, epochs + 1):
         reference_seconds.append(reference.epoch())
-        history = experiment.fit_on(
-            model,
-            loaded,
-            replace(config, epochs=epoch),
-            checkpoint=keep,
-            resume=state,
-        )
-    lenet5_seconds = [record.seconds for record in history]
+        for side in sides.values():
+            side.epoch(epoch)
 
     reference_rate = count / statistics.median(reference_seconds)
-    lenet5_rate = count / statistics.median(lenet5_seconds)
+    lenet5_rate = count / statistics.median(sides["fp32"].seconds())
+    bf16_rate = count / statistics.median(sides["bf16"].seconds())
     for figure in (
         Figure("epoch throughput, reference pipeline, twin", reference_rate, "images/s"),
         Figure("epoch throughput, lenet5 fit, twin", lenet5_rate, "images/s"),
         Figure("epoch throughput, lenet5 / reference", lenet5_rate / reference_rate, "x", 5.0),
+        Figure("epoch throughput, lenet5 fit, twin, bf16 autocast", bf16_rate, "images/s"),
+        Figure("epoch throughput, lenet5 bf16 / reference", bf16_rate / reference_rate, "x"),
     ):
         recorder.figure(figure)
     recorder.detail("reference_epoch_seconds", reference_seconds)
-    recorder.detail("lenet5_epoch_seconds", lenet5_seconds)
     recorder.detail("reference_seconds_per_60000", 60_000 / reference_rate)
+    for precision, side in sides.items():
+        recorder.detail(f"lenet5_{precision}_epoch_seconds", side.seconds())
+        recorder.detail(f"lenet5_{precision}_test_accuracy", side.accuracies())
     recorder.detail("lenet5_seconds_per_60000", 60_000 / lenet5_rate)
     recorder.detail("lenet5_prepare_seconds_once", prepare_seconds)
     recorder.detail("reference_last_loss", reference.losses[-1])
-    recorder.detail("lenet5_test_accuracy", [record.test_accuracy for record in history])
     recorder.detail("inputs", input_difference(dataset, loaded.train_images, CHECKED_IMAGES))
     recorder.write()
 
