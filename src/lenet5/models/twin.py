@@ -10,6 +10,7 @@ Under cross-entropy the two are the same (cross_entropy = nll_loss of log_softma
 model stays free of any one loss.
 """
 
+import torch
 from torch import Tensor, nn
 
 from lenet5.models.layers import Staged
@@ -59,3 +60,9 @@ class Twin(Staged):
             nn.ReLU(),
         )
         self.output = nn.Linear(f6_units, classes)  # N x 10
+        # Channels-last (NHWC) weights and activations: the same arithmetic, and oneDNN's NHWC
+        # convolutions and pooling train this network ~1.5x faster on a CPU (bench/README).
+        self.to(memory_format=torch.channels_last)
+
+    def forward_stages(self, x: Tensor):
+        yield from super().forward_stages(x.contiguous(memory_format=torch.channels_last))
