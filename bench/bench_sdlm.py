@@ -54,6 +54,8 @@ def per_step_microseconds(model: torch.nn.Module, loaded, config, repeats: int) 
     x = loaded.to_input(loaded.train_images[:1])
     label = loaded.train_labels[:1]
     optimizer.set_curvature(sdlm.gauss_newton_diagonal(model, x))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as fit runs batch-1 steps, compilation included
     written = persample.ClassicStep(model, config.loss, config.map_j)
     loss_fn = train.make_loss(config)
     _, grads = written(x, label)  # compiles
@@ -78,8 +80,6 @@ def per_step_microseconds(model: torch.nn.Module, loaded, config, repeats: int) 
             rounds.append((time.perf_counter() - started) / repeats * 1e6)
         return statistics.median(rounds)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
         return {
             "written_forward_backward": median_microseconds(lambda: written(x, label)),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from lenet5 import persample, sdlm
 from lenet5.losses import map_loss, plain
 from lenet5.models import build
-from lenet5.train import TrainConfig, fit, make_step
+from lenet5.train import TrainConfig, fit
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def autograd_reference(model, x, label, criterion):
 @pytest.mark.parametrize("criterion", persample.CRITERIA)
 def test_written_out_step_equals_autograd(criterion, float64):
     model = classic()
-    step = persample.ClassicStep(model, criterion, 0.3, compile=False)
+    step = persample.ClassicStep(model, criterion, 0.3, compiled=False)
     for seed in range(3):
         generator = torch.Generator().manual_seed(seed)
         x = torch.rand(1, 1, 32, 32, generator=generator) * 1.3 - 0.1
@@ -51,12 +53,22 @@ def test_written_out_step_equals_autograd(criterion, float64):
 def test_compiled_step_equals_eager_step():
     model = classic()
     x, label = torch.rand(1, 1, 32, 32), torch.tensor([7])
-    eager_loss, eager = persample.ClassicStep(model, "map", 0.1, compile=False)(x, label)
+    eager_loss, eager = persample.ClassicStep(model, "map", 0.1, compiled=False)(x, label)
     loss, grads = persample.ClassicStep(model, "map", 0.1)(x, label)
     torch.testing.assert_close(loss, eager_loss)
     for grad, reference in zip(grads, eager, strict=True):  # float32: fused sums round apart
         scale = float(reference.abs().max())
         torch.testing.assert_close(grad, reference, rtol=0, atol=1e-5 * scale)
+
+
+def test_compile_refused_at_construction_falls_back_to_eager(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("torch.compile is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    with pytest.warns(RuntimeWarning, match="not supported on this Python"):
+        step = persample.ClassicStep(classic(), "map", 0.1)
+    assert step.function is persample.classic_step
 
 
 def test_compiler_failure_falls_back_to_eager_with_a_warning():
@@ -85,7 +97,7 @@ def test_only_the_paper_setting_is_supported():
     with pytest.raises(ValueError, match="Classic model"):
         persample.ClassicStep(model, "map", 0.1)
     with pytest.raises(ValueError, match="one sample at a time"):
-        persample.ClassicStep(classic(), "map", 0.1, compile=False)(
+        persample.ClassicStep(classic(), "map", 0.1, compiled=False)(
             torch.rand(2, 1, 32, 32), torch.tensor([1, 2])
         )
 
@@ -96,9 +108,9 @@ def test_unfold_index_is_unfold():
     torch.testing.assert_close(x.reshape(-1)[index], torch.nn.functional.unfold(x[None], 4)[0])
 
 
-def test_fit_takes_the_written_out_step_and_trains_as_autograd_does(monkeypatch, float64):
+def test_fit_with_the_written_out_step_trains_as_autograd_does(float64):
     """Per-sample SDLM through fit: the written-out step and autograd's end on the same
-    weights, and fit picks the written-out one for the classic network at batch size 1."""
+    weights; make_step supplies it only for the setting it computes."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (12, 32, 32), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, 10, (12,), generator=generator)
@@ -110,11 +122,11 @@ def test_fit_takes_the_written_out_step_and_trains_as_autograd_does(monkeypatch,
         return batch.unsqueeze(1).double() / 255 * 1.275 - 0.1
 
     def train(use_written: bool):
-        if not use_written:
-            monkeypatch.setattr(persample, "supports", lambda *args: False)
         model = classic(1)
-        history = fit(model, images, labels, images[:10], labels[:10], to_input, config)
-        monkeypatch.undo()
+        factory = persample.make_step if use_written else None
+        history = fit(
+            model, images, labels, images[:10], labels[:10], to_input, config, step_factory=factory
+        )
         return model, history
 
     written, written_history = train(True)
@@ -127,8 +139,15 @@ def test_fit_takes_the_written_out_step_and_trains_as_autograd_does(monkeypatch,
 
     model = classic()
     optimizer = sdlm.SDLM(list(model.parameters()))
-    assert make_step(model, optimizer, config).__name__ == "per_sample_step"
-    assert make_step(model, optimizer, TrainConfig(batch_size=2)).__name__ == "autograd_step"
+    assert persample.make_step(model, optimizer, config).__name__ == "per_sample_step"
+    for other in (
+        replace(config, batch_size=2),
+        replace(config, precision="bf16"),
+        replace(config, loss="cross_entropy"),
+    ):
+        assert persample.make_step(model, optimizer, other) is None
+    adam = torch.optim.Adam(model.parameters())
+    assert persample.make_step(model, adam, config) is None
 
 
 def _name(model, param) -> str:

@@ -158,6 +158,29 @@ def test_step_is_eta_over_mu_plus_h():
     assert torch.allclose(w.detach(), before - 0.1 / (0.02 + h) * before)
 
 
+def test_step_follows_mu_and_loaded_states_without_the_inverse():
+    """1/(mu + h) is rebuilt when mu changes after set_curvature, and when a loaded state
+    (written before the inverse was kept) holds only h."""
+    w = nn.Parameter(torch.tensor([1.0, -2.0]))
+    h = torch.tensor([0.5, 2.0])
+    optimiser = SDLM([w], lr=0.1, mu=0.02)
+    optimiser.set_curvature({w: h})
+    optimiser.param_groups[0]["mu"] = 1.0
+    w.grad = torch.ones(2)
+    optimiser.step()
+    assert torch.allclose(w.detach(), torch.tensor([1.0, -2.0]) - 0.1 / (1.0 + h))
+
+    state = optimiser.state_dict()
+    for per_param in state["state"].values():
+        del per_param["inverse"], per_param["inverse_mu"]
+    fresh_w = nn.Parameter(torch.zeros(2))
+    fresh = SDLM([fresh_w], lr=0.1, mu=0.02)
+    fresh.load_state_dict(state)
+    fresh_w.grad = torch.ones(2)
+    fresh.step()
+    assert torch.allclose(fresh_w.detach(), -0.1 / (1.0 + h))
+
+
 def test_step_without_curvature_is_an_error():
     w = nn.Parameter(torch.ones(2))
     (w.sum()).backward()

@@ -267,8 +267,8 @@ def _add_train_command(commands) -> None:
         "--threads",
         type=_positive_int,
         metavar="N",
-        help="CPU threads for torch (default: one per core); on a machine busy with other "
-        "work, 1 is often several times faster",
+        help="CPU threads for torch (default: one per core; batch-size-1 steps always use "
+        "one); on a machine busy with other work, 1 is often several times faster",
     )
     train.add_argument(
         "--distort",

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import Tensor, nn
 
-from lenet5 import __version__, data, models, runs
+from lenet5 import __version__, data, models, persample, runs
 from lenet5.distort import DistortConfig, distort
 from lenet5.evaluate import Evaluation, evaluate
 from lenet5.train import Callback, EpochRecord, TrainConfig, fit, make_loss
@@ -110,8 +110,10 @@ def load_data(spec: RunSpec, data_dir: str | os.PathLike | None = None, on_progr
 
 
 def fit_on(model: nn.Module, loaded: Data, config: TrainConfig, **options):
-    """`lenet5.train.fit` on prepared data; options (callbacks, checkpoint, resume, augment)
-    pass through."""
+    """`lenet5.train.fit` on prepared data, with the per-sample SDLM step of
+    `lenet5.persample` where it applies; options (callbacks, checkpoint, resume, augment,
+    step_factory) pass through."""
+    options.setdefault("step_factory", persample.make_step)
     return fit(
         model,
         loaded.train_images,

@@ -1,7 +1,7 @@
 """The classic network's training step on one sample, written out and compiled.
 
 The paper updates the weights after every sample (section III-B). Through autograd such a step
-costs 1.2 to 2 ms on a CPU core, and almost none of that is arithmetic (a step is about 1.2
+costs about 1.8 ms on a CPU core, and almost none of that is arithmetic (a step is about 1.2
 MFLOP): it is ~100 small operations, each paying dispatch, allocation and autograd bookkeeping.
 Here the step is written out instead, the classic network's forward pass and back-propagation
 for one image layer by layer, and torch.compile fuses the element-wise work around the matrix
@@ -20,10 +20,12 @@ products into a few kernels. Per layer, for one sample:
   exp(-y_i) / (exp(-j) + sum_k exp(-y_k)).
 
 It is the same function with the same gradients as autograd through `lenet5.models.Classic`
-(the tests compare the two), and `lenet5.train.fit` uses it for the classic network trained
-with batch size 1 and the plain or MAP criterion; everything else goes through autograd. If
-torch.compile cannot run here (no C++ compiler, say), the step runs eagerly with a warning:
-the same numbers, about 3x slower. `bench/bench_sdlm.py` times both against autograd.
+(the tests compare the two). `make_step` is the `step_factory` that `lenet5.experiment` hands
+to `lenet5.train.fit`: it supplies this step for the classic network trained with SDLM,
+batch size 1, float32 and the plain or MAP criterion, and None for anything else (autograd
+then). If torch.compile cannot run here (no C++ compiler, an unsupported Python), the step runs
+eagerly with a warning: the same numbers, about 3x slower. `bench/bench_sdlm.py` times both
+against autograd.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from torch import Tensor, nn
 
 from lenet5.models.classic import Classic
 from lenet5.models.layers import Squash, connected_kernels, dense_kernels
+from lenet5.sdlm import SDLM
+from lenet5.train import Step, TrainConfig
 
 CRITERIA = ("plain", "map")  # the paper's two, eqs. 8 and 9
 
@@ -110,7 +114,8 @@ def classic_step(
     loss = (onehot * penalties).sum()  # y_D
     d_penalties = onehot
     if criterion == "map":
-        logits = torch.cat([-penalties, penalties.new_full((1,), -j)])  # the "-y" of eq. 9
+        # 11 logits: the "-y" of eq. 9, with the "none of these" class last.
+        logits = torch.cat([-penalties, penalties.new_full((1,), -j)])
         loss = loss + torch.logsumexp(logits, 0)
         d_penalties = onehot - torch.softmax(logits, 0)[:-1]
 
@@ -123,11 +128,12 @@ def classic_step(
     da4 = through_squash((w5.view(w5.shape[0], -1).t() @ da5).view_as(t4), t4)  # 16 x 5 x 5
     da3 = through_squash(_spread(w4[:, None, None] * da4).view_as(t3), t3)  # 16 x 100
     d_cols3 = w3_dense.t() @ da3  # 150 x 100
+    # Each column entry goes back to the S2 output it was gathered from: 6*14*14, flat.
     d_x2 = torch.zeros_like(t2).view(-1).index_add_(0, cols3_index.view(-1), d_cols3.view(-1))
     da2 = through_squash(d_x2.view_as(t2), t2)  # 6 x 14 x 14
     da1 = through_squash(_spread(w2[:, None, None] * da2).view_as(t1), t1)  # 6 x 784
 
-    grads = [
+    grads = [  # shaped like params: C1 6x1x5x5, 6; S2 6, 6; C3 60x5x5, 16; S4 16, 16; ...
         (da1 @ cols1.t()).view_as(w1),
         da1.sum(1),
         (da2 * sums2).sum((1, 2)),
@@ -150,7 +156,7 @@ class ClassicStep:
     Gradients come in `model.parameters()` order, detached; the weights are read at every
     call, so updating them in place between calls is all a training loop needs to do."""
 
-    def __init__(self, model: Classic, criterion: str, j: float, compile: bool = True) -> None:
+    def __init__(self, model: Classic, criterion: str, j: float, compiled: bool = True) -> None:
         if not supports(model, criterion, 1):
             raise ValueError(
                 f"the written-out step needs a Classic model with every parameter trainable "
@@ -170,7 +176,12 @@ class ClassicStep:
             unfold_index(c3.in_channels, side2, k3).to(c3.kernel_index.device),
         ]
         self.settings = (squash.amplitude, squash.slope, criterion, float(j))
-        self.function = torch.compile(classic_step, dynamic=False) if compile else classic_step
+        self.function = classic_step
+        if compiled:
+            try:  # torch.compile refuses some Pythons outright
+                self.function = torch.compile(classic_step, dynamic=False)
+            except Exception as error:  # noqa: BLE001 (whatever the reason: eager, loudly)
+                _warn_eager(error)
 
     @torch.no_grad()
     def __call__(self, x: Tensor, label: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -178,14 +189,41 @@ class ClassicStep:
             raise ValueError(f"the written-out step takes one sample at a time, got {x.shape[0]}")
         try:
             return self.function(x, label, self.params, self.constants, *self.settings)
-        except Exception as error:  # noqa: BLE001 (any compiler failure: fall back, loudly)
+        except Exception as error:  # noqa: BLE001 (compilation happens at the first call)
             if self.function is classic_step:
                 raise
-            warnings.warn(
-                f"torch.compile failed ({type(error).__name__}: {error}); the per-sample step "
-                "runs eagerly instead (same numbers, slower)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            # A compiler failure falls back; a genuine error in the step fails again, eagerly.
+            _warn_eager(error)
             self.function = classic_step
             return self.function(x, label, self.params, self.constants, *self.settings)
+
+
+def _warn_eager(error: Exception) -> None:
+    warnings.warn(
+        f"torch.compile failed ({type(error).__name__}: {error}); the per-sample step runs "
+        "eagerly instead (same numbers, slower)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig):
+    """The per-sample SDLM step for `lenet5.train.fit(step_factory=...)`, or None where it does
+    not apply (another network, optimiser, criterion, batch size or precision)."""
+    if not (
+        isinstance(optimizer, SDLM)
+        and config.precision == "fp32"
+        and supports(model, config.loss, config.batch_size)
+    ):
+        return None
+    written = ClassicStep(model, config.loss, config.map_j)
+
+    def per_sample_step(inputs: Tensor, labels: Tensor) -> Tensor:
+        loss, grads = written(inputs, labels)
+        for param, grad in zip(written.params, grads, strict=True):
+            param.grad = grad
+        optimizer.step()  # SDLM: w -= eta / (mu + h) * grad, one fused operation
+        return loss
+
+    step: Step = per_sample_step
+    return step

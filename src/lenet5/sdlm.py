@@ -168,9 +168,19 @@ class SDLM(torch.optim.Optimizer):
             for param in group["params"]:
                 if param not in curvature:
                     raise ValueError("curvature estimate is missing a trainable parameter")
-                h = curvature[param].detach().clone()
-                self.state[param]["h"] = h
-                self.state[param]["inverse"] = 1 / (group["mu"] + h)
+                self.state[param]["h"] = curvature[param].detach().clone()
+                self._refresh_inverse(param, group["mu"])
+
+    def _refresh_inverse(self, param: Tensor, mu: float) -> Tensor:
+        """1 / (mu + h), rebuilt when h or mu changed since it was last built (a loaded
+        state without it, a group whose mu was changed)."""
+        state = self.state[param]
+        if "h" not in state:
+            raise RuntimeError("SDLM.step() before set_curvature(): no estimate of h")
+        if state.get("inverse_mu") != mu or "inverse" not in state:
+            state["inverse"] = 1 / (mu + state["h"])
+            state["inverse_mu"] = mu
+        return state["inverse"]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -180,13 +190,12 @@ class SDLM(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             params = [param for param in group["params"] if param.grad is not None]
-            if any("inverse" not in self.state[param] for param in params):
-                raise RuntimeError("SDLM.step() before set_curvature(): no estimate of h")
+            inverses = [self._refresh_inverse(param, group["mu"]) for param in params]
             if params:
                 torch._foreach_addcmul_(
                     params,
                     [param.grad for param in params],
-                    [self.state[param]["inverse"] for param in params],
+                    inverses,
                     value=-group["lr"] * group["batch_scale"],
                 )
         return loss

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lenet5 import losses, persample, sdlm
+from lenet5 import losses, sdlm
 from lenet5.evaluate import evaluate
 
 # Criteria map (scores [B, C], labels [B]) to per-sample losses [B], so that evaluation can
@@ -275,43 +275,30 @@ def make_scheduler(
 
 
 Step = Callable[[Tensor, Tensor], Tensor]  # (inputs, labels) -> the batch's mean loss
+# Given (model, optimiser, config), a specialised training step, or None where it does not
+# apply (e.g. lenet5.persample.make_step: the classic network's per-sample SDLM step).
+StepFactory = Callable[[nn.Module, torch.optim.Optimizer, "TrainConfig"], Step | None]
 
 
-def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig) -> Step:
-    """One training step: forward, loss, back-propagation, update; returns the loss.
-
-    The paper's per-sample SDLM on the classic network takes the written-out, compiled step
-    of `lenet5.persample` (the same arithmetic, several times faster than autograd on one
-    sample: bench/bench_sdlm.py); everything else goes through autograd."""
-    if (
-        isinstance(optimizer, sdlm.SDLM)
-        and config.precision == "fp32"
-        and persample.supports(model, config.loss, config.batch_size)
-    ):
-        written = persample.ClassicStep(model, config.loss, config.map_j)
-
-        def per_sample_step(inputs: Tensor, labels: Tensor) -> Tensor:
-            loss, grads = written(inputs, labels)
-            for param, grad in zip(written.params, grads, strict=True):
-                param.grad = grad
-            optimizer.step()
-            return loss
-
-        return per_sample_step
-
+def autograd_step(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig) -> Step:
+    """The training step: forward (under bf16 autocast if asked), loss, back-propagation
+    through autograd, update; returns the batch's mean loss."""
     loss_fn = make_loss(config)
     autocast_dtype = PRECISIONS[config.precision]
     device_type = next(model.parameters()).device.type
 
-    def autograd_step(inputs: Tensor, labels: Tensor) -> Tensor:
-        with torch.autocast(device_type, autocast_dtype, enabled=autocast_dtype is not None):
-            loss = loss_fn(model(inputs), labels).float().mean()
+    def step(inputs: Tensor, labels: Tensor) -> Tensor:
+        if autocast_dtype is None:
+            loss = loss_fn(model(inputs), labels).mean()
+        else:  # the loss itself in float32, whatever precision the criterion ran in
+            with torch.autocast(device_type, autocast_dtype):
+                loss = loss_fn(model(inputs), labels).float().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         return loss.detach()
 
-    return autograd_step
+    return step
 
 
 def resolve_device(name: str) -> torch.device:
@@ -345,6 +332,7 @@ def fit(
     checkpoint: Callable[[TrainState], None] | None = None,
     resume: TrainState | None = None,
     augment: Callable[[Tensor], Tensor] | None = None,
+    step_factory: StepFactory | None = None,
 ) -> tuple[EpochRecord, ...]:
     """Train `model` on uint8 images [N, H, W] and int64 labels [N], evaluate on the test
     split after every epoch, and return one record per epoch (resumed ones included).
@@ -352,6 +340,11 @@ def fit(
     A fresh start seeds the global torch RNG with `config.seed` (dropout draws from it); seed
     before building the model too, for reproducible initial weights. Raises
     `NonFiniteLossError` if the loss becomes NaN or infinite.
+
+    `step_factory`, if given, may supply a faster step for this model, optimiser and config
+    (computing the same thing); where it returns None, or is not given, `autograd_step` runs.
+    Steps on one sample at a time run on one CPU thread, whatever torch's setting: a second
+    thread only waits on the first.
 
     `augment`, if given, maps uint8 training images to new ones before `to_input` (e.g.
     `lenet5.distort`), one fresh draw per image each epoch; it is called on consecutive chunks
@@ -371,7 +364,9 @@ def fit(
     loss_fn = make_loss(config)
     optimizer = OPTIMIZERS[config.optimizer](model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch)
-    train_step = make_step(model, optimizer, config)
+    train_step = step_factory(model, optimizer, config) if step_factory is not None else None
+    if train_step is None:
+        train_step = autograd_step(model, optimizer, config)
     # One sample's work is too small to split: a second CPU thread only waits on the first
     # (and, on a busy machine, for the first to be scheduled again).
     step_threads = 1 if batch_size == 1 and device.type == "cpu" else torch.get_num_threads()

@@ -10,6 +10,8 @@ Under cross-entropy the two are the same (cross_entropy = nll_loss of log_softma
 model stays free of any one loss.
 """
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 
@@ -61,8 +63,9 @@ class Twin(Staged):
         )
         self.output = nn.Linear(f6_units, classes)  # N x 10
         # Channels-last (NHWC) weights and activations: the same arithmetic, and oneDNN's NHWC
-        # convolutions and pooling train this network ~1.5x faster on a CPU (bench/README).
+        # kernels train this network ~1.2x faster on a CPU (README, Performance).
         self.to(memory_format=torch.channels_last)
 
-    def forward_stages(self, x: Tensor):
+    def forward_stages(self, x: Tensor) -> Iterator[tuple[str, Tensor]]:
+        """Staged.forward_stages on a channels-last copy of x (free for one input map)."""
         yield from super().forward_stages(x.contiguous(memory_format=torch.channels_last))
