@@ -147,3 +147,18 @@ def test_distortions_picture(tmp_path, mnist_dir, capsys):
     args = ["distortions", "--data-dir", str(mnist_dir), "--out", str(out), "--count", "3"]
     assert cli.main(args) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_does_not_evaluate_the_test_set_twice(tmp_path, mnist_dir, monkeypatch):
+    """The run's final metrics are fit's last evaluation, not a second pass over the test set."""
+
+    def second_evaluation(*args, **kwargs):
+        raise AssertionError("the test set was evaluated again after training")
+
+    monkeypatch.setattr("lenet5.experiment.evaluate", second_evaluation)
+    code, out = train(tmp_path, mnist_dir, "once", "--arch", "twin")
+    assert code == 0
+    final = json.loads((out / "metrics.json").read_text())
+    last_epoch = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final["test_accuracy"] == last_epoch["test_accuracy"]
+    assert final["test_errors"] == last_epoch["test_errors"]

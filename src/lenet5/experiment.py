@@ -160,23 +160,26 @@ def train_run(
     augment = None
     if spec.distort is not None:
         augment = functools.partial(distort, config=spec.distort)
+    last = _LastEvaluation()
     history = fit_on(
         model,
         loaded,
         spec.train,
-        callbacks=callbacks,
+        callbacks=[*callbacks, last],
         checkpoint=functools.partial(runs.save_checkpoint, run_dir),
         resume=state,
         augment=augment,
     )
-    evaluation = evaluate(
-        model,
-        loaded.test_images,
-        loaded.test_labels,
-        loaded.to_input,
-        spec.train.eval_batch_size,
-        make_loss(spec.train),
-    )
+    evaluation = last.evaluation  # the final epoch's; None when no epoch was left to train
+    if evaluation is None:
+        evaluation = evaluate(
+            model,
+            loaded.test_images,
+            loaded.test_labels,
+            loaded.to_input,
+            spec.train.eval_batch_size,
+            make_loss(spec.train),
+        )
     wall = time.perf_counter() - started
     runs.write_summary(
         run_dir,
@@ -191,6 +194,16 @@ def train_run(
     )
     _plot_curves(history, run_dir)
     return RunResult(history, evaluation, wall)
+
+
+class _LastEvaluation(Callback):
+    """Keeps fit's last test-set evaluation, so that the run need not evaluate again."""
+
+    def __init__(self) -> None:
+        self.evaluation: Evaluation | None = None
+
+    def on_evaluation(self, epoch: int, evaluation: Evaluation) -> None:
+        self.evaluation = evaluation
 
 
 def _plot_curves(history, run_dir) -> None:

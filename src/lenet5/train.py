@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lenet5 import losses, sdlm
-from lenet5.evaluate import evaluate
+from lenet5.evaluate import Evaluation, evaluate
 
 # Criteria map (scores [B, C], labels [B]) to per-sample losses [B], so that evaluation can
 # average over samples exactly and the paper's criteria (eq. 8, eq. 9) fit as they are.
@@ -154,6 +154,10 @@ class Callback:
 
     def on_step(self, epoch: int, step: int, loss: Tensor, lr: float) -> None:
         pass
+
+    def on_evaluation(self, epoch: int, evaluation: Evaluation) -> None:
+        """The whole test-set evaluation of the epoch (confusion, predictions, ...), called
+        just before on_epoch_end."""
 
     def on_epoch_end(self, record: EpochRecord) -> None:
         pass
@@ -427,6 +431,8 @@ def fit(
                 eval_seconds=time.perf_counter() - started - seconds,
             )
             history.append(record)
+            for callback in callbacks:
+                callback.on_evaluation(epoch, test)
             if checkpoint is not None:
                 checkpoint(_snapshot(history, model, optimizer, scheduler, shuffle, device))
             for callback in callbacks:
