@@ -25,6 +25,12 @@ def mnist_dir() -> Path:
     return Path(REAL_DATA_DIR)
 
 
+@pytest.fixture(scope="session")
+def test_split(mnist_dir) -> data.Split:
+    """The real MNIST test split, loaded once for every test that needs it."""
+    return data.load_split("mnist", "test", mnist_dir)
+
+
 @pytest.fixture
 def isolated_env(tmp_path, monkeypatch) -> Path:
     """No LENET5_DATA_DIR, and a per-user cache inside tmp_path; returns the cache root."""

@@ -26,11 +26,6 @@ TRAIN_IMAGES, EVAL_IMAGES = 2000, 500  # 1 epoch: enough for clear-cut predictio
 
 
 @pytest.fixture(scope="module")
-def test_split(mnist_dir):
-    return data.load_split("mnist", "test", mnist_dir)
-
-
-@pytest.fixture(scope="module")
 def exported(tmp_path_factory, mnist_dir, test_split):
     """arch -> (run directory, ExportResult): tiny runs, trained and exported once."""
     train = data.load_split("mnist", "train", mnist_dir)

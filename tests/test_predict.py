@@ -30,11 +30,6 @@ FLOOR = 0.94  # measured 0.96-0.98 per form with this model (see test_recognitio
 
 
 @pytest.fixture(scope="module")
-def test_split(mnist_dir):
-    return data.load_split("mnist", "test", mnist_dir)
-
-
-@pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, mnist_dir, test_split):
     """A modern run, trained for one epoch, with its ONNX export at RUN_DIR/model.onnx."""
     train = data.load_split("mnist", "train", mnist_dir)

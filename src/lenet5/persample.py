@@ -207,7 +207,9 @@ def _warn_eager(error: Exception) -> None:
     )
 
 
-def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig):
+def make_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> Step | None:
     """The per-sample SDLM step for `lenet5.train.fit(step_factory=...)`, or None where it does
     not apply (another network, optimiser, criterion, batch size or precision)."""
     if not (
@@ -225,5 +227,4 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainC
         optimizer.step()  # SDLM: w -= eta / (mu + h) * grad, one fused operation
         return loss
 
-    step: Step = per_sample_step
-    return step
+    return per_sample_step
